@@ -1,0 +1,57 @@
+"""Projection heads: pooled encoder features -> K logits (DINO's head)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ProjectionHead(nn.Module):
+    """Three-layer MLP, L2 normalisation and a weight-normalised last layer of width ``out_dim``.
+
+    ``in_dim -> hidden -> hidden -> bottleneck`` with GELU (and optional batch norm)
+    between the layers and none after the last one. The last layer is a linear map
+    without bias whose rows are normalised to unit length at every forward: this is
+    weight normalisation with the gain fixed at 1 (DINO's ``norm_last_layer=True``),
+    so ``last_layer.weight`` holds only the directions.
+
+    Example:
+        >>> head = ProjectionHead(32, out_dim=64, hidden_dim=16, bottleneck_dim=8)
+        >>> head(torch.randn(4, 32)).shape
+        torch.Size([4, 64])
+    """
+
+    def __init__(self, in_dim: int, out_dim: int = 65536, hidden_dim: int = 2048,
+                 bottleneck_dim: int = 256, use_bn: bool = True):
+        super().__init__()
+        layers: list[nn.Module] = []
+        dims = [in_dim, hidden_dim, hidden_dim]
+        for a, b in zip(dims[:-1], dims[1:]):
+            layers.append(nn.Linear(a, b))
+            if use_bn:
+                layers.append(nn.BatchNorm1d(b))
+            layers.append(nn.GELU())
+        layers.append(nn.Linear(hidden_dim, bottleneck_dim))
+        self.mlp = nn.Sequential(*layers)
+        self.last_layer = nn.Linear(bottleneck_dim, out_dim, bias=False)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The ``bottleneck_dim`` embedding before normalisation (what RankMe measures)."""
+        return self.mlp(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = F.normalize(self.mlp(x), dim=-1)
+        return F.linear(z, F.normalize(self.last_layer.weight, dim=1))
+
+
+def global_average_pool(feature_map: torch.Tensor) -> torch.Tensor:
+    """``(N, C, *spatial) -> (N, C)``."""
+    return feature_map.flatten(2).mean(dim=2)

@@ -1,0 +1,89 @@
+"""Student and EMA teacher built around an nnU-Net encoder.
+
+The student is the encoder with one projection head per stage (deep
+self-distillation); the teacher is a copy of the encoder with one head on the
+last stage, updated as an exponential moving average of the student.
+
+State-dict layout (the transfer relies on it)::
+
+    student.encoder.*   student.heads.<stage>.*   teacher.encoder.*   teacher.head.*   center
+"""
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from nnunet_ssl.desd.heads import ProjectionHead, global_average_pool
+
+
+class Student(nn.Module):
+    """Encoder + one head per stage; ``forward`` gives ``(stages, N, K)`` logits."""
+
+    def __init__(self, encoder: nn.Module, heads: Sequence[nn.Module]):
+        super().__init__()
+        self.encoder = encoder
+        self.encoder.return_skips = True
+        self.heads = nn.ModuleList(heads)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stages = self.encoder(x)
+        if len(stages) != len(self.heads):
+            raise RuntimeError(f"encoder returned {len(stages)} stages for {len(self.heads)} heads")
+        return torch.stack([h(global_average_pool(f)) for h, f in zip(self.heads, stages)])
+
+
+class Teacher(nn.Module):
+    """Encoder + one head on the last stage; ``forward`` gives ``(N, K)`` logits."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module):
+        super().__init__()
+        self.encoder = encoder
+        self.encoder.return_skips = False  # only the last stage is used
+        self.head = head
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        return global_average_pool(self.encoder(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pooled(x))
+
+
+class DeSDNetwork(nn.Module):
+    """The whole DeSD model: ``student``, ``teacher`` and the teacher-output ``center``."""
+
+    def __init__(self, encoder: nn.Module, stage_channels: Sequence[int], out_dim: int,
+                 hidden_dim: int = 2048, bottleneck_dim: int = 256, use_bn: bool = True):
+        super().__init__()
+        heads = [ProjectionHead(c, out_dim, hidden_dim, bottleneck_dim, use_bn) for c in stage_channels]
+        teacher_encoder = copy.deepcopy(encoder)
+        teacher_head = copy.deepcopy(heads[-1])
+        self.student = Student(encoder, heads)
+        self.teacher = Teacher(teacher_encoder, teacher_head)
+        self.register_buffer("center", torch.zeros(1, out_dim))
+
+    def teacher_pairs(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """Matching (teacher, student) parameter lists: teacher encoder and head vs. student
+        encoder and last-stage head."""
+        t = list(self.teacher.encoder.parameters()) + list(self.teacher.head.parameters())
+        s = list(self.student.encoder.parameters()) + list(self.student.heads[-1].parameters())
+        return t, s
+
+
+@torch.no_grad()
+def ema_update(teacher_params: Sequence[torch.Tensor], student_params: Sequence[torch.Tensor],
+               momentum: float) -> None:
+    """``theta_t <- m theta_t + (1 - m) theta_s`` for every pair, in one fused call.
+
+    Example:
+        >>> t, s = [torch.zeros(2)], [torch.ones(2)]
+        >>> ema_update(t, s, 0.75); t[0].tolist()
+        [0.25, 0.25]
+    """
+    if len(teacher_params) != len(student_params):
+        raise ValueError("teacher and student parameter lists differ in length")
+    torch._foreach_lerp_(list(teacher_params), [p.detach() for p in student_params], 1.0 - momentum)

@@ -1,0 +1,111 @@
+"""DeSD settings: the paper's defaults, overridable from the nnU-Net plans.
+
+Settings live where nnU-Net users already keep a training recipe: in the plans
+JSON, as an ``"ssl"`` block inside a configuration. A configuration that
+``inherits_from`` another inherits its ``ssl`` block too (nnU-Net replaces whole
+keys, so a child's ``ssl`` block replaces the parent's; names it leaves out take
+the defaults below).
+
+Example plans fragment::
+
+    "3d_fullres_ssl": {
+        "inherits_from": "3d_fullres",
+        "ssl": {"num_epochs": 10, "batch_size": 4, "view_size": [16, 64, 64], "out_dim": 4096}
+    }
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Optional
+
+
+@dataclass(frozen=True)
+class DeSDSettings:
+    """Every setting of DeSD pretraining, with the defaults of the seed paper (sections 3.4-3.4.2).
+
+    Where the paper is silent the value follows DINO (Caron et al. 2021).
+    """
+
+    # training length (nnU-Net's names)
+    num_epochs: int = 100
+    num_iterations_per_epoch: int = 9600
+    num_val_iterations_per_epoch: int = 50
+    batch_size: int = 64  # total over all GPUs, as nnU-Net's plans batch_size
+    # views: two crops of one region, (z, y, x) voxels; the paper used 16 x 112 x 112
+    view_size: tuple[int, ...] = (16, 112, 112)
+    # how far (fraction of the view size, per axis) each view's centre may move from the shared centre
+    view_jitter: float = 0.25
+    # projection heads
+    out_dim: int = 65536
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    use_bn_in_head: bool = True
+    # per-stage weights of the student heads' losses (None: all equal); normalised to sum to 1
+    head_weights: Optional[tuple[float, ...]] = None
+    # temperatures and centring
+    student_temp: float = 0.1
+    teacher_temp: float = 0.07
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: int = 10
+    center_momentum: float = 0.9
+    # teacher EMA: momentum on a cosine schedule from momentum_teacher to 1
+    momentum_teacher: float = 0.9996
+    # optimiser (AdamW) and schedules
+    lr: float = 0.0005  # base learning rate for a total batch of 256, scaled linearly (DINO)
+    min_lr: float = 1e-6
+    warmup_epochs: int = 10
+    weight_decay: float = 0.04
+    weight_decay_end: float = 1e-5
+    clip_grad: float = 3.0  # 0 disables clipping
+    freeze_last_layer_epochs: int = 1
+
+    def __post_init__(self):
+        if self.head_weights is not None and any(w < 0 for w in self.head_weights):
+            raise ValueError(f"head_weights must be non-negative, got {self.head_weights}")
+        if any(int(v) < 1 for v in self.view_size):
+            raise ValueError(f"view_size must be positive, got {self.view_size}")
+        for name in ("num_epochs", "num_iterations_per_epoch", "batch_size", "out_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.center_momentum <= 1 or not 0 <= self.momentum_teacher <= 1:
+            raise ValueError("center_momentum and momentum_teacher must lie in [0, 1]")
+
+    @classmethod
+    def from_dict(cls, values: Optional[Mapping[str, Any]] = None) -> "DeSDSettings":
+        """Build settings from a (possibly partial) mapping; unknown names are an error.
+
+        Example:
+            >>> DeSDSettings.from_dict({"out_dim": 4096}).out_dim
+            4096
+        """
+        values = dict(values or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"Unknown SSL setting(s) {unknown}. Known settings: {sorted(known)}")
+        for key in ("view_size", "head_weights"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
+        if "view_size" in values:
+            values["view_size"] = tuple(int(v) for v in values["view_size"])
+        return cls(**values)
+
+    @classmethod
+    def from_configuration(cls, configuration: Mapping[str, Any]) -> "DeSDSettings":
+        """Read the ``ssl`` block of an nnU-Net plans configuration (a dict)."""
+        return cls.from_dict(configuration.get("ssl"))
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        for key in ("view_size", "head_weights"):
+            if d[key] is not None:
+                d[key] = list(d[key])
+        return d
+
+    def replace(self, **changes) -> "DeSDSettings":
+        return dataclasses.replace(self, **changes)
+
+    def __str__(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)

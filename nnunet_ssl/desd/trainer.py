@@ -1,0 +1,347 @@
+"""``nnUNetTrainerDeSD``: DeSD self-supervised pretraining of the encoder nnU-Net plans.
+
+Contract with nnU-Net (what this trainer changes and what it keeps):
+
+* Kept: plans and preprocessed data, splits and folds, data-augmentation
+  pipeline (``get_training_transforms``), device selection, DDP batch splitting,
+  logging to ``training_log_*.txt``, output folder layout, ``--c`` resume,
+  ``-num_gpus``.
+* Network: the U-Net the plans name is built with the stock
+  ``build_network_architecture``; only its ``encoder`` is kept and wrapped in a
+  :class:`~nnunet_ssl.desd.model.DeSDNetwork` (student with one head per stage,
+  EMA teacher).
+* Patch and batch: the SSL ``view_size`` and ``batch_size`` settings replace the
+  configuration's ``patch_size`` and ``batch_size`` (on a copy; the plans are not
+  modified), so nnU-Net's augmentation and DDP logic work on views.
+* Loss, train and validation steps: the DeSD objective
+  (:func:`~nnunet_ssl.desd.loss.desd_loss`); validation reports the same loss on
+  the validation cases' views.
+* Optimiser and schedules: AdamW with per-iteration learning-rate, weight-decay
+  and momentum schedules (DINO's), teacher-temperature warm-up per epoch.
+* "Best" checkpoint: lowest validation SSL loss (not pseudo Dice).
+* Logging: train/validation SSL loss, teacher entropy, learning rate, weight
+  decay, teacher momentum and temperature per epoch, plotted in ``progress.png``.
+* ``perform_actual_validation`` does nothing: there is nothing to segment.
+
+The settings come from the ``ssl`` block of the plans configuration
+(:mod:`nnunet_ssl.desd.settings`).
+"""
+from __future__ import annotations
+
+import copy
+import json
+from os.path import join
+from typing import List, Union
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.collate_outputs import collate_outputs
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+from nnunetv2.utilities.helpers import dummy_context
+from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+from torch import autocast
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from nnunet_ssl.checkpoint import save_atomic, ssl_metadata, strip_wrapper_prefixes
+from nnunet_ssl.desd.loss import desd_loss, mean_entropy, teacher_probabilities, update_center
+from nnunet_ssl.desd.model import DeSDNetwork, ema_update
+from nnunet_ssl.desd.progress import SSLLocalLogger
+from nnunet_ssl.desd.schedules import cosine_schedule, teacher_temperature_schedule
+from nnunet_ssl.desd.settings import DeSDSettings
+from nnunet_ssl.desd.views import ViewPairLoader
+
+
+class nnUNetTrainerDeSD(nnUNetTrainer):
+    """DeSD pretraining of the plans' encoder; see the module docstring for the contract."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.ssl_settings = self.configure_ssl_settings(
+            DeSDSettings.from_configuration(self.configuration_manager.configuration))
+        s = self.ssl_settings
+        patch_size = self.configuration_manager.patch_size
+        if len(s.view_size) != len(patch_size):
+            raise ValueError(f"view_size {list(s.view_size)} has {len(s.view_size)} axes but configuration "
+                             f"'{configuration}' is {len(patch_size)}D; set ssl.view_size accordingly")
+        # views play the role of patches: nnU-Net's augmentation and DDP batch logic then apply as they are
+        cfg = copy.deepcopy(self.configuration_manager.configuration)
+        cfg["patch_size"] = list(s.view_size)
+        cfg["batch_size"] = s.batch_size
+        self.configuration_manager = ConfigurationManager(cfg)
+
+        self.num_epochs = s.num_epochs
+        self.num_iterations_per_epoch = s.num_iterations_per_epoch
+        self.num_val_iterations_per_epoch = s.num_val_iterations_per_epoch
+        self.enable_deep_supervision = False
+        self.save_every = 1  # SSL epochs are long; keep checkpoint_latest.pth current
+        self.logger.local_logger = SSLLocalLogger()
+        self._best_val_loss = None
+        self._step_in_epoch = 0
+        self._epoch_stats: dict = {}
+
+    def configure_ssl_settings(self, settings: DeSDSettings) -> DeSDSettings:
+        """Hook for preset subclasses: return the settings to use (default: the plans' ones)."""
+        return settings
+
+    # ------------------------------------------------------------------ set-up
+    def initialize(self):
+        if self.was_initialized:
+            raise RuntimeError("initialize was called twice")
+        s = self.ssl_settings
+        self._set_batch_size_and_oversample()
+        self.num_input_channels = determine_num_input_channels(
+            self.plans_manager, self.configuration_manager, self.dataset_json)
+        unet = self.build_network_architecture(
+            self.plans_manager, self.configuration_manager, self.num_input_channels,
+            self.label_manager.num_segmentation_heads, False)
+        encoder = getattr(unet, "encoder", None)
+        if encoder is None or not hasattr(encoder, "output_channels"):
+            raise RuntimeError(f"{type(unet).__name__} has no `encoder` with per-stage `output_channels`; "
+                               "DeSD needs a dynamic-network-architectures U-Net")
+        network = DeSDNetwork(encoder, list(encoder.output_channels), s.out_dim, s.hidden_dim,
+                              s.bottleneck_dim, s.use_bn_in_head)
+        if self.is_ddp:
+            network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(network)
+        self.network = network.to(self.device)
+        self.student = DDP(self.network.student, device_ids=[self.local_rank]) if self.is_ddp \
+            else self.network.student
+        self.optimizer = torch.optim.AdamW(self._parameter_groups(), lr=0.0, weight_decay=0.0)
+        self.lr_scheduler = None
+        self._build_schedules()
+        self.loss = None
+        self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
+        self.was_initialized = True
+        self.print_to_log_file("SSL settings (DeSD):\n" + json.dumps(s.to_dict(), indent=1),
+                               also_print_to_console=False)
+        self.print_to_log_file(f"DeSD: {len(encoder.output_channels)} encoder stages, heads on channels "
+                               f"{list(encoder.output_channels)}, K = {s.out_dim}, total batch "
+                               f"{self.configuration_manager.batch_size}, view size {list(s.view_size)}")
+        self.logger.update_config({"ssl": s.to_dict()})
+
+    def _parameter_groups(self) -> list:
+        # as DINO: no weight decay on biases and normalisation parameters
+        decay, no_decay = [], []
+        for name, p in self.network.student.named_parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+        return [{"params": decay, "regularized": True}, {"params": no_decay, "regularized": False}]
+
+    def _build_schedules(self) -> None:
+        s = self.ssl_settings
+        n, it = self.num_epochs, self.num_iterations_per_epoch
+        base_lr = s.lr * self.configuration_manager.batch_size / 256.0
+        self.lr_schedule = cosine_schedule(base_lr, s.min_lr, n, it, s.warmup_epochs)
+        self.wd_schedule = cosine_schedule(s.weight_decay, s.weight_decay_end, n, it)
+        self.momentum_schedule = cosine_schedule(s.momentum_teacher, 1.0, n, it)
+        self.teacher_temp_schedule = teacher_temperature_schedule(
+            s.warmup_teacher_temp, s.teacher_temp, s.warmup_teacher_temp_epochs, n)
+
+    def set_deep_supervision_enabled(self, enabled: bool):
+        pass  # no decoder
+
+    def _do_i_compile(self):
+        return False  # the student/teacher pair is not compiled; documented in the settings reference
+
+    def plot_network_architecture(self):
+        pass
+
+    def get_dataloaders(self):
+        s = self.ssl_settings
+        rotation, dummy_2d, crop_size, mirror_axes = self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        transforms = self.get_training_transforms(
+            s.view_size, rotation, None, mirror_axes, dummy_2d,
+            use_mask_for_norm=self.configuration_manager.use_mask_for_norm,
+            is_cascaded=False, foreground_labels=self.label_manager.foreground_labels,
+            regions=None, ignore_label=self.label_manager.ignore_label)
+        dataset_tr, dataset_val = self.get_tr_and_val_datasets()
+        # validation views are drawn and augmented like training views: the validation loss is
+        # the SSL objective on cases the student never trains on
+        loaders = [ViewPairLoader(d, self.batch_size, s.view_size, crop_size, transforms, s.view_jitter)
+                   for d in (dataset_tr, dataset_val)]
+        n_proc = get_allowed_n_proc_DA()
+        if n_proc == 0:
+            gens = [SingleThreadedAugmenter(dl, None) for dl in loaders]
+        else:
+            gens = [NonDetMultiThreadedAugmenter(data_loader=dl, transform=None, num_processes=max(1, n_proc // k),
+                                                 num_cached=max(3, n_proc // k), seeds=None,
+                                                 pin_memory=self.device.type == "cuda", wait_time=0.002)
+                    for dl, k in zip(loaders, (1, 2))]
+        for g in gens:
+            next(g)
+        return gens[0], gens[1]
+
+    # --------------------------------------------------------------- training
+    def _iteration(self) -> int:
+        return min(self.current_epoch * self.num_iterations_per_epoch + self._step_in_epoch,
+                   len(self.lr_schedule) - 1)
+
+    def on_train_epoch_start(self):
+        self.network.train()
+        self._step_in_epoch = 0
+        it = self._iteration()
+        self._epoch_stats = {"lr": float(self.lr_schedule[it]), "wd": float(self.wd_schedule[it]),
+                             "momentum": float(self.momentum_schedule[it]),
+                             "teacher_temp": float(self.teacher_temp_schedule[self.current_epoch])}
+        self.print_to_log_file("")
+        self.print_to_log_file(f"Epoch {self.current_epoch}")
+        self.print_to_log_file(f"Current learning rate: {np.round(self._epoch_stats['lr'], decimals=7)}, "
+                               f"teacher momentum {self._epoch_stats['momentum']:.6f}, "
+                               f"teacher temperature {self._epoch_stats['teacher_temp']:.4f}")
+
+    def _forward(self, batch: dict, student: torch.nn.Module):
+        v1 = batch["data"].to(self.device, non_blocking=True)
+        v2 = batch["data2"].to(self.device, non_blocking=True)
+        b = v1.shape[0]
+        x = torch.cat([v1, v2])
+        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+            student_logits = student(x)
+            with torch.no_grad():
+                teacher_logits = self.network.teacher(x)
+        k = student_logits.shape[-1]
+        return student_logits.view(-1, 2, b, k), teacher_logits.view(2, b, k)
+
+    def train_step(self, batch: dict) -> dict:
+        s = self.ssl_settings
+        it = self._iteration()
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_schedule[it]
+            group["weight_decay"] = self.wd_schedule[it] if group["regularized"] else 0.0
+        temp = float(self.teacher_temp_schedule[self.current_epoch])
+
+        self.optimizer.zero_grad(set_to_none=True)
+        student_logits, teacher_logits = self._forward(batch, self.student)
+        loss = desd_loss(student_logits, teacher_logits, self.network.center, s.student_temp, temp,
+                         s.head_weights)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        if s.clip_grad > 0:
+            torch.nn.utils.clip_grad_norm_(params, s.clip_grad)
+        if self.current_epoch < s.freeze_last_layer_epochs:
+            # DINO: keeping the prototypes fixed at first stabilises the start
+            for head in self.network.student.heads:
+                head.last_layer.weight.grad = None
+        if self.grad_scaler is not None:
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            self.optimizer.step()
+
+        ema_update(*self.network.teacher_pairs(), float(self.momentum_schedule[it]))
+        entropy = mean_entropy(teacher_probabilities(teacher_logits, self.network.center, temp))
+        update_center(self.network.center, teacher_logits, s.center_momentum)
+        self._step_in_epoch += 1
+        return {"loss": loss.detach().cpu().numpy(), "teacher_entropy": np.float64(entropy)}
+
+    def _mean_over_processes(self, values) -> float:
+        if self.is_ddp:
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, np.asarray(values))
+            return float(np.mean(np.concatenate([np.atleast_1d(g) for g in gathered])))
+        return float(np.mean(values))
+
+    def on_train_epoch_end(self, train_outputs: List[dict]):
+        outputs = collate_outputs(train_outputs)
+        e = self.current_epoch
+        self.logger.log("train_losses", self._mean_over_processes(outputs["loss"]), e)
+        self.logger.log("teacher_entropy", self._mean_over_processes(outputs["teacher_entropy"]), e)
+        self.logger.log("lrs", self._epoch_stats["lr"], e)
+        self.logger.log("weight_decays", self._epoch_stats["wd"], e)
+        self.logger.log("momentums", self._epoch_stats["momentum"], e)
+        self.logger.log("teacher_temps", self._epoch_stats["teacher_temp"], e)
+
+    def validation_step(self, batch: dict) -> dict:
+        s = self.ssl_settings
+        student_logits, teacher_logits = self._forward(batch, self.network.student)
+        loss = desd_loss(student_logits, teacher_logits, self.network.center, s.student_temp,
+                         float(self.teacher_temp_schedule[self.current_epoch]), s.head_weights)
+        return {"loss": loss.detach().cpu().numpy()}
+
+    def on_validation_epoch_end(self, val_outputs: List[dict]):
+        outputs = collate_outputs(val_outputs)
+        self.logger.log("val_losses", self._mean_over_processes(outputs["loss"]), self.current_epoch)
+
+    def on_epoch_end(self):
+        from time import time
+
+        e = self.current_epoch
+        self.logger.log("epoch_end_timestamps", time(), e)
+        get = self.logger.get_value
+        self.print_to_log_file("train_loss", np.round(get("train_losses", step=-1), decimals=4))
+        self.print_to_log_file("val_loss", np.round(get("val_losses", step=-1), decimals=4))
+        self.print_to_log_file("teacher_entropy", np.round(get("teacher_entropy", step=-1), decimals=4))
+        self.print_to_log_file(f"Epoch time: {np.round(get('epoch_end_timestamps', step=-1) - get('epoch_start_timestamps', step=-1), decimals=2)} s")
+        if (e + 1) % self.save_every == 0 and e != (self.num_epochs - 1):
+            self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"))
+        val_loss = get("val_losses", step=-1)
+        if self._best_val_loss is None or val_loss < self._best_val_loss:
+            self._best_val_loss = val_loss
+            self.print_to_log_file(f"New best validation SSL loss: {np.round(val_loss, decimals=4)}")
+            self.save_checkpoint(join(self.output_folder, "checkpoint_best.pth"))
+        if self.local_rank == 0:
+            self.logger.plot_progress_png(self.output_folder)
+        self.current_epoch += 1
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        self.print_to_log_file("SSL pretraining: no segmentation validation to run.")
+
+    # ------------------------------------------------------------ checkpoints
+    def checkpoint_dict(self) -> dict:
+        return {
+            "network_weights": self.network.state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            "logging": self.logger.get_checkpoint(),
+            "_best_ema": self._best_val_loss,
+            "current_epoch": self.current_epoch + 1,
+            "init_args": self.my_init_kwargs,
+            "trainer_name": self.__class__.__name__,
+            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
+            "ssl": ssl_metadata(self.ssl_settings.to_dict(), self.configuration_manager,
+                                self.num_input_channels, self.plans_manager.dataset_name,
+                                self.plans_manager.plans_name, self.configuration_name),
+        }
+
+    def save_checkpoint(self, filename: str) -> None:
+        if self.local_rank != 0:
+            return
+        if self.disable_checkpointing:
+            self.print_to_log_file("No checkpoint written, checkpointing is disabled")
+            return
+        save_atomic(self.checkpoint_dict(), filename)
+
+    def load_checkpoint(self, filename_or_checkpoint: Union[dict, str]) -> None:
+        if not self.was_initialized:
+            self.initialize()
+        checkpoint = filename_or_checkpoint
+        if isinstance(checkpoint, str):
+            checkpoint = torch.load(checkpoint, map_location=self.device, weights_only=False)
+        if "ssl" not in checkpoint:
+            raise RuntimeError(f"{filename_or_checkpoint} is not a DeSD checkpoint (no 'ssl' entry); "
+                               "continue it with the trainer that wrote it")
+        saved = checkpoint["ssl"]["settings"]
+        if saved != self.ssl_settings.to_dict():
+            changed = sorted(k for k in saved if saved.get(k) != self.ssl_settings.to_dict().get(k))
+            self.print_to_log_file(f"WARNING: SSL settings differ from the checkpoint's in {changed}; "
+                                   "continuing with the current plans' settings")
+        weights = {strip_wrapper_prefixes(k): v for k, v in checkpoint["network_weights"].items()}
+        self.network.load_state_dict(weights)
+        self.optimizer.load_state_dict(checkpoint["optimizer_state"])
+        if self.grad_scaler is not None and checkpoint.get("grad_scaler_state") is not None:
+            self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
+        self.logger.load_checkpoint(checkpoint["logging"])
+        self.my_init_kwargs = checkpoint["init_args"]
+        self.current_epoch = checkpoint["current_epoch"]
+        self._best_val_loss = checkpoint["_best_ema"]
+        self.inference_allowed_mirroring_axes = checkpoint.get("inference_allowed_mirroring_axes")

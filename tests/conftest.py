@@ -1,0 +1,82 @@
+"""Shared fixtures: tiny networks, nnU-Net folders and a planned phantom dataset."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+TRAINERS = REPO / "trainers"
+
+# small SSL settings for CPU runs: a few iterations of a small head
+TINY_SSL = {"num_epochs": 2, "num_iterations_per_epoch": 3, "num_val_iterations_per_epoch": 2,
+            "batch_size": 2, "view_size": [16, 32, 32], "out_dim": 256, "hidden_dim": 64,
+            "bottleneck_dim": 32, "warmup_epochs": 1, "warmup_teacher_temp_epochs": 1}
+
+
+@pytest.fixture
+def tiny_unet():
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+    torch.manual_seed(0)
+    return PlainConvUNet(1, 3, [4, 8, 16], torch.nn.Conv3d, 3, [1, 2, 2], 1, 2, 1, True,
+                         torch.nn.InstanceNorm3d, {"eps": 1e-5, "affine": True},
+                         nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True})
+
+
+def nnunet_environment(root: Path) -> dict:
+    """Environment for nnU-Net commands with their folders under ``root``."""
+    env = dict(os.environ)
+    env.update({
+        "nnUNet_raw": str(root / "raw"), "nnUNet_preprocessed": str(root / "preprocessed"),
+        "nnUNet_results": str(root / "results"), "nnUNet_extTrainer": str(TRAINERS),
+        "nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1", "nnUNet_compile": "false",
+        "OMP_NUM_THREADS": "2", "PYTHONWARNINGS": "ignore",
+    })
+    for k in ("raw", "preprocessed", "results"):
+        (root / k).mkdir(parents=True, exist_ok=True)
+    return env
+
+
+@pytest.fixture(scope="session")
+def planned(tmp_path_factory):
+    """A phantom dataset (id 501, lesion labels) planned with a tiny network; returns its environment."""
+    from nnunet_ssl.phantom import write_phantom_dataset
+    from nnunet_ssl.planning import plan_and_preprocess
+
+    root = tmp_path_factory.mktemp("nnunet")
+    env = nnunet_environment(root)
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        write_phantom_dataset(root / "raw", 501, "Tiny", n_train=6, n_test=2, shape=(32, 40, 40))
+        plan_and_preprocess(501, base_features=4, gpu_memory_gb=0.5, ssl_settings=TINY_SSL,
+                            num_processes=1)
+    return {"root": root, "env": env}
+
+
+@pytest.fixture
+def nnunet_env(planned, monkeypatch):
+    """Activate the planned dataset's environment in this process."""
+    for k, v in planned["env"].items():
+        monkeypatch.setenv(k, v)
+    return planned
+
+
+def run_command(args, env, timeout=900):
+    """Run a console command (or ``python -m``) in a subprocess; fail with its output."""
+    import subprocess
+
+    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"{args} exited {proc.returncode}\nSTDOUT:\n{proc.stdout[-4000:]}\n"
+                             f"STDERR:\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def bin_path(name: str) -> str:
+    """Path of a console script of the running interpreter's environment."""
+    return str(Path(sys.executable).parent / name)
