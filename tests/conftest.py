@@ -80,3 +80,13 @@ def run_command(args, env, timeout=900):
 def bin_path(name: str) -> str:
     """Path of a console script of the running interpreter's environment."""
     return str(Path(sys.executable).parent / name)
+
+
+@pytest.fixture(scope="session")
+def ssl_run(planned):
+    """The real `nnUNetv2_train 501 3d_fullres all -tr nnUNetTrainerDeSD` on the tiny dataset."""
+    env = planned["env"]
+    run_command([bin_path("nnUNetv2_train"), "501", "3d_fullres", "all", "-tr", "nnUNetTrainerDeSD",
+                 "-device", "cpu"], env)
+    out = planned["root"] / "results" / "Dataset501_Tiny" / "nnUNetTrainerDeSD__nnUNetPlans__3d_fullres" / "fold_all"
+    return {**planned, "output": out, "checkpoint": out / "checkpoint_final.pth"}

@@ -1,0 +1,45 @@
+"""``nnunet-ssl-transfer``: SSL checkpoint -> weights for ``nnUNetv2_train -pretrained_weights``."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from nnunet_ssl.errors import UserError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nnunet-ssl-transfer",
+        description="Put the encoder of an SSL checkpoint (nnUNetTrainerDeSD) into the network of a target "
+                    "dataset's plans and write a checkpoint that stock `nnUNetv2_train TARGET CONFIGURATION "
+                    "FOLD -p PLANS -pretrained_weights OUTPUT.pth` accepts. Decoder and segmentation layers "
+                    "are initialised as nnU-Net initialises them.")
+    p.add_argument("ssl_checkpoint", help="checkpoint_final.pth (or _best/_latest) of the SSL training")
+    p.add_argument("-d", "--dataset", required=True, help="target dataset id or name")
+    p.add_argument("-p", "--plans", default="nnUNetPlans", help="target plans identifier [nnUNetPlans]")
+    p.add_argument("-c", "--configuration", default="3d_fullres", help="target configuration [3d_fullres]")
+    p.add_argument("-o", "--output", required=True, help="output .pth file")
+    p.add_argument("--student", action="store_true",
+                   help="take the student encoder instead of the EMA teacher (the default)")
+    p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from nnunet_ssl.transfer import transfer
+
+        report = transfer(args.ssl_checkpoint, args.dataset, args.output, args.plans, args.configuration,
+                          "student" if args.student else "teacher", args.force)
+    except UserError as e:
+        print(f"nnunet-ssl-transfer: error: {e}", file=sys.stderr)
+        return 2
+    print(f"Wrote {report.output}: {report.source} encoder ({report.n_encoder_tensors} tensors) in a "
+          f"{report.n_network_tensors}-tensor network.\nUse it with: nnUNetv2_train {args.dataset} "
+          f"{args.configuration} FOLD -p {args.plans} -pretrained_weights {report.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
