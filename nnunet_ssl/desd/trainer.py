@@ -282,11 +282,13 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
         self.print_to_log_file("val_loss", np.round(get("val_losses", step=-1), decimals=4))
         self.print_to_log_file("teacher_entropy", np.round(get("teacher_entropy", step=-1), decimals=4))
         self.print_to_log_file(f"Epoch time: {np.round(get('epoch_end_timestamps', step=-1) - get('epoch_start_timestamps', step=-1), decimals=2)} s")
+        val_loss = get("val_losses", step=-1)
+        is_best = self._best_val_loss is None or val_loss < self._best_val_loss
+        if is_best:  # before writing checkpoint_latest, so that a resumed run knows the best so far
+            self._best_val_loss = val_loss
         if (e + 1) % self.save_every == 0 and e != (self.num_epochs - 1):
             self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"))
-        val_loss = get("val_losses", step=-1)
-        if self._best_val_loss is None or val_loss < self._best_val_loss:
-            self._best_val_loss = val_loss
+        if is_best:
             self.print_to_log_file(f"New best validation SSL loss: {np.round(val_loss, decimals=4)}")
             self.save_checkpoint(join(self.output_folder, "checkpoint_best.pth"))
         if self.local_rank == 0:
