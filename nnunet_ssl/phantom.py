@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal, Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -148,7 +148,8 @@ def write_image(array: np.ndarray, spacing: Sequence[float], path: Path | str,
 def write_phantom_dataset(raw_folder: Path | str, dataset_id: int, name: str, n_train: int,
                           n_test: int = 0, shape: Sequence[int] = (48, 64, 64),
                           spacing: Sequence[float] = (1.0, 1.0, 1.0), label: str = "lesion",
-                          seed: int = 0) -> Path:
+                          seed: int = 0, first_case: int = 0,
+                          first_test_case: Optional[int] = None) -> Path:
     """Write an nnU-Net raw dataset of phantoms; return its folder.
 
     Training cases go to ``imagesTr``/``labelsTr``, test cases to ``imagesTs`` with
@@ -160,6 +161,12 @@ def write_phantom_dataset(raw_folder: Path | str, dataset_id: int, name: str, n_
         dataset_id: Three-digit id; the folder is ``Dataset{id:03d}_{name}``.
         label: ``"lesion"`` (segmentation target) or ``"brain"`` (the brain mask, as
             SSL datasets use so that nnU-Net's intensity statistics come from the brain).
+        seed: Seed of the whole dataset; case ``i`` is the same phantom in every dataset
+            written with the same seed.
+        first_case: Index of the first training case (``case_{first_case:03d}``).
+        first_test_case: Index of the first test case (default: right after the training
+            cases). Datasets of one seed share cases of equal index, so an SSL dataset can
+            hold a labelled dataset's training images and none of its test images.
     """
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 
@@ -167,9 +174,11 @@ def write_phantom_dataset(raw_folder: Path | str, dataset_id: int, name: str, n_
         raise ValueError(f"label must be 'lesion' or 'brain', got {label!r}")
     folder = Path(raw_folder) / f"Dataset{dataset_id:03d}_{name}"
     sides: list[Side] = ["left", "right", "left", "none"]
-    for i in range(n_train + n_test):
+    first_test_case = first_case + n_train if first_test_case is None else first_test_case
+    cases = [(i, "Tr") for i in range(first_case, first_case + n_train)]
+    cases += [(i, "Ts") for i in range(first_test_case, first_test_case + n_test)]
+    for i, split in cases:
         p = make_stroke_phantom(shape, spacing, side=sides[i % len(sides)], seed=seed * 10007 + i)
-        split = "Tr" if i < n_train else "Ts"
         case = f"case_{i:03d}"
         write_image(p.image, spacing, folder / f"images{split}" / f"{case}_0000.nii.gz")
         target = p.lesion if label == "lesion" else p.brain

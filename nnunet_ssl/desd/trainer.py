@@ -42,18 +42,17 @@ from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
-from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
-from torch import autocast
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunet_ssl.checkpoint import save_atomic, ssl_metadata, strip_wrapper_prefixes
-from nnunet_ssl.desd.loss import desd_loss, mean_entropy, teacher_probabilities, update_center
-from nnunet_ssl.desd.model import DeSDNetwork, ema_update
+from nnunet_ssl.desd.loss import desd_loss
+from nnunet_ssl.desd.model import DeSDNetwork
 from nnunet_ssl.desd.progress import SSLLocalLogger
 from nnunet_ssl.desd.schedules import cosine_schedule, teacher_temperature_schedule
 from nnunet_ssl.desd.settings import DeSDSettings
+from nnunet_ssl.desd.step import StepSchedule, forward_views, parameter_groups, train_step
 from nnunet_ssl.desd.views import ViewPairLoader
 
 
@@ -112,7 +111,7 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
         self.network = network.to(self.device)
         self.student = DDP(self.network.student, device_ids=[self.local_rank]) if self.is_ddp \
             else self.network.student
-        self.optimizer = torch.optim.AdamW(self._parameter_groups(), lr=0.0, weight_decay=0.0)
+        self.optimizer = torch.optim.AdamW(parameter_groups(self.network.student), lr=0.0, weight_decay=0.0)
         self.lr_scheduler = None
         self._build_schedules()
         self.loss = None
@@ -124,15 +123,6 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
                                f"{list(encoder.output_channels)}, K = {s.out_dim}, total batch "
                                f"{self.configuration_manager.batch_size}, view size {list(s.view_size)}")
         self.logger.update_config({"ssl": s.to_dict()})
-
-    def _parameter_groups(self) -> list:
-        # as DINO: no weight decay on biases and normalisation parameters
-        decay, no_decay = [], []
-        for name, p in self.network.student.named_parameters():
-            if not p.requires_grad:
-                continue
-            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-        return [{"params": decay, "regularized": True}, {"params": no_decay, "regularized": False}]
 
     def _build_schedules(self) -> None:
         s = self.ssl_settings
@@ -196,53 +186,21 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
                                f"teacher momentum {self._epoch_stats['momentum']:.6f}, "
                                f"teacher temperature {self._epoch_stats['teacher_temp']:.4f}")
 
-    def _forward(self, batch: dict, student: torch.nn.Module):
-        v1 = batch["data"].to(self.device, non_blocking=True)
-        v2 = batch["data2"].to(self.device, non_blocking=True)
-        b = v1.shape[0]
-        x = torch.cat([v1, v2])
-        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
-            student_logits = student(x)
-            with torch.no_grad():
-                teacher_logits = self.network.teacher(x)
-        k = student_logits.shape[-1]
-        return student_logits.view(-1, 2, b, k), teacher_logits.view(2, b, k)
+    def _views(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        return (batch["data"].to(self.device, non_blocking=True),
+                batch["data2"].to(self.device, non_blocking=True))
 
     def train_step(self, batch: dict) -> dict:
-        s = self.ssl_settings
         it = self._iteration()
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.lr_schedule[it]
-            group["weight_decay"] = self.wd_schedule[it] if group["regularized"] else 0.0
-        temp = float(self.teacher_temp_schedule[self.current_epoch])
-
-        self.optimizer.zero_grad(set_to_none=True)
-        student_logits, teacher_logits = self._forward(batch, self.student)
-        loss = desd_loss(student_logits, teacher_logits, self.network.center, s.student_temp, temp,
-                         s.head_weights)
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
-            self.grad_scaler.unscale_(self.optimizer)
-        else:
-            loss.backward()
-        if s.clip_grad > 0:
-            torch.nn.utils.clip_grad_norm_(params, s.clip_grad)
-        if self.current_epoch < s.freeze_last_layer_epochs:
-            # DINO: keeping the prototypes fixed at first stabilises the start
-            for head in self.network.student.heads:
-                head.last_layer.weight.grad = None
-        if self.grad_scaler is not None:
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
-        else:
-            self.optimizer.step()
-
-        ema_update(*self.network.teacher_pairs(), float(self.momentum_schedule[it]))
-        entropy = mean_entropy(teacher_probabilities(teacher_logits, self.network.center, temp))
-        update_center(self.network.center, teacher_logits, s.center_momentum)
+        schedule = StepSchedule(
+            lr=float(self.lr_schedule[it]), weight_decay=float(self.wd_schedule[it]),
+            momentum=float(self.momentum_schedule[it]),
+            teacher_temp=float(self.teacher_temp_schedule[self.current_epoch]),
+            freeze_last_layer=self.current_epoch < self.ssl_settings.freeze_last_layer_epochs)
+        out = train_step(self.network, self.student, self.optimizer, *self._views(batch), self.ssl_settings,
+                         schedule, self.grad_scaler)
         self._step_in_epoch += 1
-        return {"loss": loss.detach().cpu().numpy(), "teacher_entropy": np.float64(entropy)}
+        return {"loss": out["loss"].cpu().numpy(), "teacher_entropy": np.float64(out["teacher_entropy"])}
 
     def _mean_over_processes(self, values) -> float:
         if self.is_ddp:
@@ -263,7 +221,8 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
 
     def validation_step(self, batch: dict) -> dict:
         s = self.ssl_settings
-        student_logits, teacher_logits = self._forward(batch, self.network.student)
+        student_logits, teacher_logits = forward_views(self.network, self.network.student, *self._views(batch),
+                                                       self.grad_scaler is not None)
         loss = desd_loss(student_logits, teacher_logits, self.network.center, s.student_temp,
                          float(self.teacher_temp_schedule[self.current_epoch]), s.head_weights)
         return {"loss": loss.detach().cpu().numpy()}
@@ -300,6 +259,8 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
 
     # ------------------------------------------------------------ checkpoints
     def checkpoint_dict(self) -> dict:
+        from nnunet_ssl.checkpoint import nnssl_adaptation_plan
+
         return {
             "network_weights": self.network.state_dict(),
             "optimizer_state": self.optimizer.state_dict(),
@@ -313,6 +274,8 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
             "ssl": ssl_metadata(self.ssl_settings.to_dict(), self.configuration_manager,
                                 self.num_input_channels, self.plans_manager.dataset_name,
                                 self.plans_manager.plans_name, self.configuration_name),
+            "nnssl_adaptation_plan": nnssl_adaptation_plan(self.plans_manager.plans, self.configuration_name,
+                                                           self.num_input_channels, self.ssl_settings.view_size),
         }
 
     def save_checkpoint(self, filename: str) -> None:
