@@ -90,3 +90,30 @@ def ssl_run(planned):
                  "-device", "cpu"], env)
     out = planned["root"] / "results" / "Dataset501_Tiny" / "nnUNetTrainerDeSD__nnUNetPlans__3d_fullres" / "fold_all"
     return {**planned, "output": out, "checkpoint": out / "checkpoint_final.pth"}
+
+
+@pytest.fixture(scope="session")
+def planned_two_channel(tmp_path_factory):
+    """Dataset 502: phantoms with two channels, CT and its left-right mirror (a perfect
+    contralateral image), brain-mask labels; planned like dataset 501."""
+    import numpy as np
+    from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
+
+    from nnunet_ssl.phantom import make_stroke_phantom, write_image
+    from nnunet_ssl.planning import plan_and_preprocess
+
+    root = tmp_path_factory.mktemp("nnunet2ch")
+    env = nnunet_environment(root)
+    folder = root / "raw" / "Dataset502_TwoChannel"
+    for i in range(5):
+        p = make_stroke_phantom((32, 40, 40), side="left" if i % 2 else "none", seed=100 + i)
+        write_image(p.image, p.spacing, folder / "imagesTr" / f"case_{i:03d}_0000.nii.gz")
+        write_image(np.ascontiguousarray(p.image[..., ::-1]), p.spacing, folder / "imagesTr" / f"case_{i:03d}_0001.nii.gz")
+        write_image(p.brain.astype(np.uint8), p.spacing, folder / "labelsTr" / f"case_{i:03d}.nii.gz")
+    generate_dataset_json(str(folder), channel_names={0: "CT", 1: "CT"}, labels={"background": 0, "brain": 1},
+                          num_training_cases=5, file_ending=".nii.gz")
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        plan_and_preprocess(502, base_features=4, gpu_memory_gb=0.5, ssl_settings=TINY_SSL, num_processes=1)
+    return {"root": root, "env": env}

@@ -107,3 +107,22 @@ def test_frozen_last_layer_in_first_epoch(nnunet_env):
     assert all(torch.equal(b, h.last_layer.weight) for b, h in zip(before, trainer.network.student.heads))
     assert any(not torch.equal(b, p) for b, p in zip(enc_before, trainer.network.student.encoder.parameters()))
     assert np.isfinite(trainer.network.center.numpy()).all() and trainer.network.center.abs().sum() > 0
+
+
+def test_collapse_guard_warns_and_stops(nnunet_env):
+    from nnunet_ssl.desd.monitor import CollapseError
+
+    plans, _ = _plans_and_json(nnunet_env["root"])
+    ssl = dict(plans["configurations"]["3d_fullres"]["ssl"])
+    # a teacher this sharp outputs one-hot distributions: entropy ~ 0 is collapse
+    ssl.update(teacher_temp=1e-4, warmup_teacher_temp=1e-4, monitor_warmup_epochs=0, collapse_patience=1,
+               stop_on_collapse=True, num_epochs=3)
+    plans["configurations"]["3d_collapse"] = {"inherits_from": "3d_fullres", "ssl": ssl}
+    trainer = _trainer(nnunet_env["root"], "3d_collapse", fold=3, plans=plans)
+    with pytest.raises(CollapseError, match="one-hot"):
+        trainer.run_training()
+    assert "WARNING: representation collapse" in open(trainer.log_file).read()
+    assert trainer.current_epoch == 0  # stopped after the first epoch
+    import os
+    assert os.path.isfile(os.path.join(trainer.output_folder, "checkpoint_latest.pth"))
+    assert os.path.isfile(os.path.join(trainer.output_folder, "checkpoint_best_rankme.pth"))

@@ -30,3 +30,85 @@ def test_crop_around_pads_outside():
     crop = crop_around(a, (0, 0, 0), (2, 2, 2), -1)
     assert crop.shape == (2, 2, 2, 2)
     assert crop[:, 0].max() == -1 and crop[0, 1, 1, 1] == a[0, 0, 0, 0]
+
+
+from nnunet_ssl.desd.settings import DeSDSettings  # noqa: E402
+from nnunet_ssl.desd.views import ViewPairLoader, sample_slab, sample_slab_view_centres  # noqa: E402
+
+
+def _brain(shape=(60, 48, 56), box=((10, 50), (8, 40), (6, 50))):
+    brain = np.zeros(shape, bool)
+    brain[tuple(slice(a, b) for a, b in box)] = True
+    return brain
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_slab_views_lie_inside_one_slab_in_the_brain_box(seed):
+    rng = np.random.default_rng(seed)
+    brain = _brain()
+    brain[10:20, 8:20] = False  # an uneven brain, so slabs differ in brain content
+    view, depth = np.array((16, 24, 24)), 24
+    for _ in range(300):
+        c = sample_slab_view_centres(brain, view, depth, 0.4, rng)
+        lo, hi = c - view // 2, c - view // 2 + view
+        assert np.all(lo[:, 0] >= 10) and np.all(hi[:, 0] <= 50)  # inside the box along the slab axis
+        assert hi[:, 0].max() - lo[:, 0].min() <= depth  # both views inside one slab
+        assert np.all(c[:, 1] >= 8) and np.all(c[:, 1] < 40) and np.all(c[:, 2] >= 6) and np.all(c[:, 2] < 50)
+        assert np.all(lo >= 0) and np.all(hi <= np.array(brain.shape))
+
+
+def test_slab_rejection_rule_gives_the_stated_acceptance():
+    # slabs of one slice; brain fractions 0.45 (kept), 0.3 and 0.1 (kept with that probability) and 0
+    counts, area = np.array([45, 30, 10, 0]), 100
+    rng = np.random.default_rng(1234)
+    n = 20000
+    hist = np.bincount([sample_slab(counts, area, 1, 0.4, rng) for _ in range(n)], minlength=4) / n
+    accept = np.array([1.0, 0.3, 0.1, 0.0])
+    want = accept / accept.sum()  # uniform proposals, accepted with these probabilities
+    sigma = np.sqrt(want * (1 - want) / n)
+    assert np.all(np.abs(hist - want) <= 4 * sigma + 1e-12), (hist, want)
+
+
+class _FakeDataset:
+    """Two channels: the image and its left-right mirror (a perfect contralateral image)."""
+
+    def __init__(self):
+        rng = np.random.default_rng(0)
+        image = rng.normal(size=(40, 32, 48)).astype(np.float32)
+        self.data = np.stack([image, image[..., ::-1]])
+        self.seg = _brain((40, 32, 48), ((2, 38), (2, 30), (4, 44)))[None].astype(np.int16)
+        self.identifiers = ["a", "b"]
+
+    def load_case(self, key):
+        return self.data, self.seg, None, {"class_locations": {}}
+
+
+def test_symmetry_view_is_the_mirrored_location_before_augmentation():
+    ds = _FakeDataset()
+    settings = DeSDSettings(view_size=(16, 16, 16), slab_depth=24, symmetry_channel=1, symmetry_prob=1.0)
+    loader = ViewPairLoader(ds, 4, (16, 16, 16), settings, transforms=None)
+    np.random.seed(0)
+    batch = loader.generate_train_batch()
+    assert batch["symmetric"].all()
+    assert batch["data"].shape == batch["data2"].shape == (4, 1, 16, 16, 16)
+    width = ds.data.shape[-1]
+    found = 0
+    for v1, v2 in zip(batch["data"].numpy(), batch["data2"].numpy()):
+        # view 1 is a crop of the original; find its centre, then check view 2 against the mirror
+        for z in range(8, 33):
+            for y in range(8, 25):
+                for x in range(8, 41):
+                    if np.array_equal(crop_around(ds.data[:1], (z, y, x), (16, 16, 16), 0), v1):
+                        mirrored = crop_around(ds.data[:1], (z, y, width - x), (16, 16, 16), 0)[..., ::-1]
+                        assert np.array_equal(v2, mirrored)
+                        found += 1
+    assert found == 4
+
+
+def test_symmetry_off_or_improbable_uses_the_original_channels_only():
+    ds = _FakeDataset()
+    settings = DeSDSettings(view_size=(16, 16, 16), slab_depth=24, symmetry_channel=1, symmetry_prob=0.0)
+    batch = ViewPairLoader(ds, 3, (16, 16, 16), settings).generate_train_batch()
+    assert not batch["symmetric"].any() and batch["data2"].shape[1] == 1
+    two = ViewPairLoader(ds, 3, (16, 16, 16), DeSDSettings(view_size=(16, 16, 16))).generate_train_batch()
+    assert two["data"].shape[1] == two["data2"].shape[1] == 2  # CT + second channel both in each view

@@ -51,6 +51,18 @@ def desd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, center
         >>> round(float(desd_loss(s, t, torch.zeros(4), 0.1, 0.04)), 4)  # uniform: log 4
         1.3863
     """
+    per_head = cross_entropy_per_head(student_logits, teacher_logits, center, student_temp, teacher_temp)
+    return weighted_mean(per_head, head_weights)
+
+
+def weighted_mean(per_head: torch.Tensor, head_weights: Optional[Sequence[float]] = None) -> torch.Tensor:
+    """Average of the heads' losses with ``head_weights`` normalised to sum to 1 (equal if None)."""
+    return (per_head * _normalised_weights(head_weights, len(per_head), per_head)).sum()
+
+
+def cross_entropy_per_head(student_logits: torch.Tensor, teacher_logits: torch.Tensor, center: torch.Tensor,
+                           student_temp: float, teacher_temp: float) -> torch.Tensor:
+    """``(H,)``: each head's cross-entropy, averaged over the batch and the cross-view pairs."""
     n_heads, n_views = student_logits.shape[:2]
     if teacher_logits.shape[0] != n_views:
         raise ValueError(f"teacher has {teacher_logits.shape[0]} views, student {n_views}")
@@ -62,9 +74,7 @@ def desd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, center
     # ce[h, t, s] = mean_b -sum_k q[t, b, k] log_p[h, s, b, k]
     ce = -torch.einsum("tbk,hsbk->hts", q, log_p) / q.shape[1]
     off_diagonal = 1.0 - torch.eye(n_views, device=ce.device, dtype=ce.dtype)
-    per_head = (ce * off_diagonal).sum(dim=(1, 2)) / off_diagonal.sum()
-    weights = _normalised_weights(head_weights, n_heads, per_head)
-    return (per_head * weights).sum()
+    return (ce * off_diagonal).sum(dim=(1, 2)) / off_diagonal.sum()
 
 
 def _normalised_weights(head_weights: Optional[Sequence[float]], n_heads: int,

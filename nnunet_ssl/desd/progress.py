@@ -14,8 +14,9 @@ matplotlib.use("agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from nnunetv2.training.logging.nnunet_logger import LocalLogger  # noqa: E402
 
-SSL_KEYS = ("train_losses", "val_losses", "teacher_entropy", "lrs", "weight_decays",
-            "momentums", "teacher_temps", "epoch_start_timestamps", "epoch_end_timestamps")
+SSL_KEYS = ("train_losses", "val_losses", "teacher_entropy", "kl_teacher_student", "rankme_embedding",
+            "rankme_features", "lrs", "weight_decays", "momentums", "teacher_temps",
+            "epoch_start_timestamps", "epoch_end_timestamps")
 
 
 class SSLLocalLogger(LocalLogger):
@@ -40,7 +41,7 @@ class SSLLocalLogger(LocalLogger):
             return
         log = {k: v[:n] for k, v in self.my_fantastic_logging.items()}
         x = list(range(n))
-        fig, axes = plt.subplots(4, 1, figsize=(10, 16))
+        fig, axes = plt.subplots(5, 1, figsize=(10, 20))
         ax = axes[0]
         ax.plot(x, log["train_losses"], "b-", label="SSL loss (train)")
         ax.plot(x, log["val_losses"], "r-", label="SSL loss (validation)")
@@ -48,7 +49,13 @@ class SSLLocalLogger(LocalLogger):
         ax.legend()
         ax = axes[1]
         ax.plot(x, log["teacher_entropy"], "g-", label="teacher entropy (nats)")
-        ax.set_ylabel("entropy")
+        ax.plot(x, log["kl_teacher_student"], "c-", label="KL(teacher || last student head)")
+        ax.set_ylabel("nats")
+        ax.legend()
+        ax = axes[4]
+        ax.plot(x, log["rankme_embedding"], "m-", label="RankMe, teacher embedding")
+        ax.plot(x, log["rankme_features"], "k-", label="RankMe, teacher pooled encoder features")
+        ax.set_ylabel("effective rank")
         ax.legend()
         ax = axes[2]
         ax.plot(x, log["lrs"], "b-", label="learning rate")

@@ -35,8 +35,15 @@ class DeSDSettings:
     batch_size: int = 64  # total over all GPUs, as nnU-Net's plans batch_size
     # views: two crops of one region, (z, y, x) voxels; the paper used 16 x 112 x 112
     view_size: tuple[int, ...] = (16, 112, 112)
-    # how far (fraction of the view size, per axis) each view's centre may move from the shared centre
+    # where views are drawn: "slab" (paper 3.4.1) or "region" (around a random foreground voxel)
+    view_sampling: str = "slab"
+    slab_depth: int = 24  # slices along the first array axis
+    slab_min_brain: float = 0.4  # slabs with less brain are redrawn with probability 1 - brain fraction
+    # "region" sampling: how far (fraction of the view size, per axis) each view's centre moves
     view_jitter: float = 0.25
+    # symmetry augmentation (paper 3.7.3): the dataset channel holding the contralateral image
+    symmetry_channel: Optional[int] = None
+    symmetry_prob: float = 0.7
     # projection heads
     out_dim: int = 65536
     hidden_dim: int = 2048
@@ -60,6 +67,11 @@ class DeSDSettings:
     weight_decay_end: float = 1e-5
     clip_grad: float = 3.0  # 0 disables clipping
     freeze_last_layer_epochs: int = 1
+    # monitoring: RankMe on fixed validation views, and the collapse guard
+    rankme_batches: int = 4
+    monitor_warmup_epochs: int = 5  # epochs before checkpoint_best_rankme.pth and the collapse guard start
+    collapse_patience: int = 3  # epochs in a row that look collapsed before the guard acts
+    stop_on_collapse: bool = False
 
     def __post_init__(self):
         if self.head_weights is not None and any(w < 0 for w in self.head_weights):
@@ -71,6 +83,13 @@ class DeSDSettings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.center_momentum <= 1 or not 0 <= self.momentum_teacher <= 1:
             raise ValueError("center_momentum and momentum_teacher must lie in [0, 1]")
+        if self.view_sampling not in ("slab", "region"):
+            raise ValueError(f"view_sampling must be 'slab' or 'region', got {self.view_sampling!r}")
+        if self.view_sampling == "slab" and self.slab_depth < int(self.view_size[0]):
+            raise ValueError(f"slab_depth {self.slab_depth} is thinner than the views "
+                             f"({self.view_size[0]} slices); raise slab_depth or use view_sampling 'region'")
+        if not 0 <= self.symmetry_prob <= 1 or not 0 <= self.slab_min_brain <= 1:
+            raise ValueError("symmetry_prob and slab_min_brain must lie in [0, 1]")
 
     @classmethod
     def from_dict(cls, values: Optional[Mapping[str, Any]] = None) -> "DeSDSettings":

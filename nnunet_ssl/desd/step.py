@@ -7,7 +7,8 @@ from typing import Optional
 import torch
 from torch import autocast
 
-from nnunet_ssl.desd.loss import desd_loss, mean_entropy, teacher_probabilities, update_center
+from nnunet_ssl.desd.loss import (cross_entropy_per_head, mean_entropy, teacher_probabilities, update_center,
+                                  weighted_mean)
 from nnunet_ssl.desd.model import DeSDNetwork, ema_update
 from nnunet_ssl.desd.settings import DeSDSettings
 
@@ -56,15 +57,16 @@ def train_step(network: DeSDNetwork, student: torch.nn.Module, optimizer: torch.
         grad_scaler: For mixed precision on CUDA (autocast is used when given).
 
     Returns:
-        ``{"loss": float tensor, "teacher_entropy": float}``.
+        ``{"loss": float tensor, "teacher_entropy": float, "kl_teacher_student": float}``.
     """
     for group in optimizer.param_groups:
         group["lr"] = schedule.lr
         group["weight_decay"] = schedule.weight_decay if group.get("regularized", True) else 0.0
     optimizer.zero_grad(set_to_none=True)
     student_logits, teacher_logits = forward_views(network, student, view1, view2, grad_scaler is not None)
-    loss = desd_loss(student_logits, teacher_logits, network.center, settings.student_temp,
-                     schedule.teacher_temp, settings.head_weights)
+    per_head = cross_entropy_per_head(student_logits, teacher_logits, network.center, settings.student_temp,
+                                      schedule.teacher_temp)
+    loss = weighted_mean(per_head, settings.head_weights)
     if grad_scaler is not None:
         grad_scaler.scale(loss).backward()
         grad_scaler.unscale_(optimizer)
@@ -85,7 +87,10 @@ def train_step(network: DeSDNetwork, student: torch.nn.Module, optimizer: torch.
     ema_update(*network.teacher_pairs(), schedule.momentum)
     entropy = mean_entropy(teacher_probabilities(teacher_logits, network.center, schedule.teacher_temp))
     update_center(network.center, teacher_logits, settings.center_momentum)
-    return {"loss": loss.detach(), "teacher_entropy": entropy}
+    # KL(teacher || last-stage student head) = cross-entropy - teacher entropy (every view is a teacher
+    # view exactly as often as the others, so the mean entropy is the right one to subtract)
+    kl = float(per_head[-1].detach()) - entropy
+    return {"loss": loss.detach(), "teacher_entropy": entropy, "kl_teacher_student": kl}
 
 
 def parameter_groups(module: torch.nn.Module) -> list[dict]:

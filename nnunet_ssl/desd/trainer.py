@@ -49,6 +49,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from nnunet_ssl.checkpoint import save_atomic, ssl_metadata, strip_wrapper_prefixes
 from nnunet_ssl.desd.loss import desd_loss
 from nnunet_ssl.desd.model import DeSDNetwork
+from nnunet_ssl.desd.monitor import CollapseError, collapse_reason, teacher_rankme
 from nnunet_ssl.desd.progress import SSLLocalLogger
 from nnunet_ssl.desd.schedules import cosine_schedule, teacher_temperature_schedule
 from nnunet_ssl.desd.settings import DeSDSettings
@@ -82,6 +83,9 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
         self.save_every = 1  # SSL epochs are long; keep checkpoint_latest.pth current
         self.logger.local_logger = SSLLocalLogger()
         self._best_val_loss = None
+        self._best_rankme = None
+        self._collapsed_epochs = 0
+        self._rankme_views: list = []
         self._step_in_epoch = 0
         self._epoch_stats: dict = {}
 
@@ -97,6 +101,11 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
         self._set_batch_size_and_oversample()
         self.num_input_channels = determine_num_input_channels(
             self.plans_manager, self.configuration_manager, self.dataset_json)
+        if s.symmetry_channel is not None:  # the contralateral channel feeds views, not the encoder
+            if not 0 <= s.symmetry_channel < self.num_input_channels or self.num_input_channels < 2:
+                raise ValueError(f"symmetry_channel {s.symmetry_channel} is not a channel of this "
+                                 f"{self.num_input_channels}-channel dataset")
+            self.num_input_channels -= 1
         unet = self.build_network_architecture(
             self.plans_manager, self.configuration_manager, self.num_input_channels,
             self.label_manager.num_segmentation_heads, False)
@@ -154,8 +163,7 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
         dataset_tr, dataset_val = self.get_tr_and_val_datasets()
         # validation views are drawn and augmented like training views: the validation loss is
         # the SSL objective on cases the student never trains on
-        loaders = [ViewPairLoader(d, self.batch_size, s.view_size, crop_size, transforms, s.view_jitter)
-                   for d in (dataset_tr, dataset_val)]
+        loaders = [ViewPairLoader(d, self.batch_size, crop_size, s, transforms) for d in (dataset_tr, dataset_val)]
         n_proc = get_allowed_n_proc_DA()
         if n_proc == 0:
             gens = [SingleThreadedAugmenter(dl, None) for dl in loaders]
@@ -167,6 +175,11 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
         for g in gens:
             next(g)
         return gens[0], gens[1]
+
+    def on_train_start(self):
+        super().on_train_start()
+        # a fixed set of validation views, so that RankMe is comparable across epochs
+        self._rankme_views = [next(self.dataloader_val)["data"] for _ in range(self.ssl_settings.rankme_batches)]
 
     # --------------------------------------------------------------- training
     def _iteration(self) -> int:
@@ -200,7 +213,8 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
         out = train_step(self.network, self.student, self.optimizer, *self._views(batch), self.ssl_settings,
                          schedule, self.grad_scaler)
         self._step_in_epoch += 1
-        return {"loss": out["loss"].cpu().numpy(), "teacher_entropy": np.float64(out["teacher_entropy"])}
+        return {"loss": out["loss"].cpu().numpy(), "teacher_entropy": np.float64(out["teacher_entropy"]),
+                "kl_teacher_student": np.float64(out["kl_teacher_student"])}
 
     def _mean_over_processes(self, values) -> float:
         if self.is_ddp:
@@ -214,6 +228,7 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
         e = self.current_epoch
         self.logger.log("train_losses", self._mean_over_processes(outputs["loss"]), e)
         self.logger.log("teacher_entropy", self._mean_over_processes(outputs["teacher_entropy"]), e)
+        self.logger.log("kl_teacher_student", self._mean_over_processes(outputs["kl_teacher_student"]), e)
         self.logger.log("lrs", self._epoch_stats["lr"], e)
         self.logger.log("weight_decays", self._epoch_stats["wd"], e)
         self.logger.log("momentums", self._epoch_stats["momentum"], e)
@@ -230,6 +245,9 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
     def on_validation_epoch_end(self, val_outputs: List[dict]):
         outputs = collate_outputs(val_outputs)
         self.logger.log("val_losses", self._mean_over_processes(outputs["loss"]), self.current_epoch)
+        ranks = teacher_rankme(self.network.teacher, self._rankme_views, self.device)
+        for key, value in ranks.items():
+            self.logger.log(key, value, self.current_epoch)
 
     def on_epoch_end(self):
         from time import time
@@ -239,7 +257,10 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
         get = self.logger.get_value
         self.print_to_log_file("train_loss", np.round(get("train_losses", step=-1), decimals=4))
         self.print_to_log_file("val_loss", np.round(get("val_losses", step=-1), decimals=4))
-        self.print_to_log_file("teacher_entropy", np.round(get("teacher_entropy", step=-1), decimals=4))
+        self.print_to_log_file("teacher_entropy", np.round(get("teacher_entropy", step=-1), decimals=4),
+                               "KL(teacher||student)", np.round(get("kl_teacher_student", step=-1), decimals=4))
+        self.print_to_log_file("RankMe embedding", np.round(get("rankme_embedding", step=-1), decimals=2),
+                               "features", np.round(get("rankme_features", step=-1), decimals=2))
         self.print_to_log_file(f"Epoch time: {np.round(get('epoch_end_timestamps', step=-1) - get('epoch_start_timestamps', step=-1), decimals=2)} s")
         val_loss = get("val_losses", step=-1)
         is_best = self._best_val_loss is None or val_loss < self._best_val_loss
@@ -250,9 +271,30 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
         if is_best:
             self.print_to_log_file(f"New best validation SSL loss: {np.round(val_loss, decimals=4)}")
             self.save_checkpoint(join(self.output_folder, "checkpoint_best.pth"))
+        self._monitor(e)
         if self.local_rank == 0:
             self.logger.plot_progress_png(self.output_folder)
         self.current_epoch += 1
+
+    def _monitor(self, epoch: int) -> None:
+        """Best-RankMe checkpoint and the collapse guard, both after the monitoring warm-up."""
+        s = self.ssl_settings
+        if epoch < s.monitor_warmup_epochs:
+            return
+        rank = self.logger.get_value("rankme_embedding", step=-1)
+        if self._best_rankme is None or rank > self._best_rankme:
+            self._best_rankme = rank
+            self.print_to_log_file(f"New best RankMe: {np.round(rank, decimals=2)}")
+            self.save_checkpoint(join(self.output_folder, "checkpoint_best_rankme.pth"))
+        reason = collapse_reason(self.logger.get_value("teacher_entropy", step=-1), s.out_dim, rank)
+        self._collapsed_epochs = self._collapsed_epochs + 1 if reason else 0
+        if self._collapsed_epochs >= s.collapse_patience:
+            message = (f"WARNING: representation collapse for {self._collapsed_epochs} epochs: {reason}. "
+                       "Check the temperatures, centre momentum, learning rate and batch size.")
+            self.print_to_log_file(message)
+            if s.stop_on_collapse:
+                self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"))
+                raise CollapseError(message + " Stopping (stop_on_collapse is set).")
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         self.print_to_log_file("SSL pretraining: no segmentation validation to run.")
@@ -267,6 +309,7 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
             "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
             "logging": self.logger.get_checkpoint(),
             "_best_ema": self._best_val_loss,
+            "_best_rankme": self._best_rankme,
             "current_epoch": self.current_epoch + 1,
             "init_args": self.my_init_kwargs,
             "trainer_name": self.__class__.__name__,
@@ -309,4 +352,5 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
         self.my_init_kwargs = checkpoint["init_args"]
         self.current_epoch = checkpoint["current_epoch"]
         self._best_val_loss = checkpoint["_best_ema"]
+        self._best_rankme = checkpoint.get("_best_rankme")
         self.inference_allowed_mirroring_axes = checkpoint.get("inference_allowed_mirroring_axes")
