@@ -6,18 +6,34 @@ file is refused. The transfer therefore builds the complete target network from
 the target plans exactly as ``nnUNetTrainer`` does (decoder and segmentation
 layers initialised as nnU-Net initialises them), puts the SSL encoder into it
 after a strict compatibility check, and saves the whole state dict.
+
+Two kinds of source checkpoint are accepted:
+
+* this package's DeSD checkpoints (an ``ssl`` entry; teacher or student encoder);
+* checkpoints of other SSL frameworks that carry an ``nnssl_adaptation_plan``
+  entry (nnssl's layout): the tensors under its ``key_to_encoder`` (and
+  ``key_to_stem`` where the stem lies outside the encoder) are mapped onto the
+  target network's ``key_to_encoder``/``key_to_stem``.
+
+Everything must match the target network exactly, except, when asked with
+``in_channels_rule``, the number of input channels of the first convolution
+(the network's ``keys_to_in_proj``); :func:`adapt_input_channels` documents
+the rules.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Mapping, Optional, Sequence
 
 import torch
 
-from nnunet_ssl.checkpoint import FORMAT, save_atomic, strip_wrapper_prefixes
+from nnunet_ssl.checkpoint import (
+    ADAPTATION_PLAN_KEY, FORMAT, check_adaptation_plan, save_atomic, strip_wrapper_prefixes)
 from nnunet_ssl.errors import UserError
+
+IN_CHANNELS_RULES = ("copy", "mean", "zero")
 
 
 @dataclass(frozen=True)
@@ -25,9 +41,11 @@ class TransferReport:
     """What the transfer did."""
 
     output: Path
-    source: str  # "teacher" or "student"
+    source: str  # "teacher" or "student"; "encoder" for a foreign (nnssl-layout) checkpoint
     n_encoder_tensors: int
     n_network_tensors: int
+    in_channels: Optional[tuple[int, int]] = None  # (pretrained, target) where they differ
+    in_channels_rule: Optional[str] = None
 
 
 def load_ssl_checkpoint(path: str | os.PathLike) -> dict:
@@ -42,11 +60,55 @@ def load_ssl_checkpoint(path: str | os.PathLike) -> dict:
     if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
         raise UserError(f"{path} is not an nnU-Net checkpoint (no 'network_weights')")
     meta = checkpoint.get("ssl")
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise UserError(f"{path} is not an SSL checkpoint written by nnUNetTrainerDeSD (no 'ssl' entry of "
-                        f"format {FORMAT}); give checkpoint_final.pth, checkpoint_best.pth or "
-                        "checkpoint_latest.pth from the SSL training's output folder")
-    return checkpoint
+    if isinstance(meta, dict) and meta.get("format") == FORMAT:
+        return checkpoint
+    if ADAPTATION_PLAN_KEY in checkpoint:
+        problem = check_adaptation_plan(checkpoint[ADAPTATION_PLAN_KEY])
+        if problem:
+            raise UserError(f"{path}: {problem}; cannot tell where its encoder is")
+        return checkpoint
+    raise UserError(f"{path} is not an SSL checkpoint written by nnUNetTrainerDeSD (no 'ssl' entry of "
+                    f"format {FORMAT}) nor one with an '{ADAPTATION_PLAN_KEY}' entry; give "
+                    "checkpoint_final.pth, checkpoint_best.pth or checkpoint_latest.pth from the SSL "
+                    "training's output folder")
+
+
+def is_foreign(checkpoint: Mapping) -> bool:
+    """True for a checkpoint that only an ``nnssl_adaptation_plan`` entry explains (not a DeSD one)."""
+    meta = checkpoint.get("ssl")
+    return not (isinstance(meta, dict) and meta.get("format") == FORMAT)
+
+
+def _under(key: str, prefix: str) -> bool:
+    return key == prefix or key.startswith(prefix + ".")
+
+
+def foreign_encoder_state(checkpoint: Mapping, network: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The encoder tensors of an nnssl-layout checkpoint, renamed into ``network``'s namespace.
+
+    Source keys under the plan's ``key_to_stem`` go to the network's ``key_to_stem``
+    when the network keeps its stem outside its encoder (``ResidualEncoderUNet``);
+    keys under the plan's ``key_to_encoder`` go to the network's ``key_to_encoder``.
+    """
+    plan = checkpoint[ADAPTATION_PLAN_KEY]
+    src_enc, src_stem = plan["key_to_encoder"], plan["key_to_stem"]
+    dst_enc = getattr(network, "key_to_encoder", None)
+    dst_stem = getattr(network, "key_to_stem", None)
+    if not dst_enc or not dst_stem:
+        raise UserError(f"the target network {type(network).__name__} declares no key_to_encoder/key_to_stem; "
+                        f"a checkpoint with an {ADAPTATION_PLAN_KEY} entry needs them to place its encoder")
+    stem_outside = not _under(dst_stem, dst_enc)
+    state = {}
+    for key, value in checkpoint["network_weights"].items():
+        key = strip_wrapper_prefixes(key)
+        if stem_outside and _under(key, src_stem):
+            state[dst_stem + key[len(src_stem):]] = value
+        elif _under(key, src_enc):
+            state[dst_enc + key[len(src_enc):]] = value
+    if not state:
+        raise UserError(f"the checkpoint holds no weights under its {ADAPTATION_PLAN_KEY}'s key_to_encoder "
+                        f"{src_enc!r}")
+    return state
 
 
 def encoder_state(checkpoint: Mapping, source: str = "teacher") -> dict[str, torch.Tensor]:
@@ -99,13 +161,88 @@ def build_target_network(dataset: str | int, plans: str = "nnUNetPlans",
     return nnUNetTrainer.build_network_architecture(plans_manager, cm, n_in, n_out, True)
 
 
+def adapt_input_channels(weight: torch.Tensor, n_new: int, rule: str) -> torch.Tensor:
+    """The first convolution's kernel ``(out, n_old, *k)`` for ``n_new`` input channels.
+
+    Rules (``n_old`` pretrained channels, ``n_new`` target channels):
+
+    * ``copy``: new channel ``j`` gets pretrained channel ``j mod n_old``, every kernel
+      scaled by ``n_old / n_new`` (adding channels only). From one channel to two,
+      each channel gets half the kernel: two identical inputs give the pretrained response.
+    * ``mean``: every new channel gets the mean pretrained kernel, scaled by
+      ``n_old / n_new``; the same image in every channel gives the response the
+      pretrained network gives to that image in all its channels.
+    * ``zero``: channels present in both keep their kernels unchanged, new channels
+      start at zero, pretrained channels beyond ``n_new`` are dropped. The network
+      starts out answering exactly as pretrained to the channels it knows.
+
+    Example:
+        >>> w = torch.ones(4, 1, 3, 3, 3)
+        >>> adapt_input_channels(w, 2, "copy")[:, :, 0, 0, 0].tolist()[0]
+        [0.5, 0.5]
+        >>> adapt_input_channels(w, 2, "zero")[:, :, 0, 0, 0].tolist()[0]
+        [1.0, 0.0]
+    """
+    n_old = weight.shape[1]
+    if rule not in IN_CHANNELS_RULES:
+        raise UserError(f"unknown input-channel rule {rule!r}; choose one of {list(IN_CHANNELS_RULES)}")
+    if n_new < 1:
+        raise UserError(f"the target needs at least one input channel, got {n_new}")
+    if rule == "copy":
+        if n_new < n_old:
+            raise UserError(f"rule 'copy' adds channels; the target has fewer ({n_new}) than the pretrained "
+                            f"encoder ({n_old}): use 'zero' (keep the first {n_new}) or 'mean'")
+        return (weight[:, [j % n_old for j in range(n_new)]] * (n_old / n_new)).contiguous()
+    if rule == "mean":
+        mean = weight.mean(dim=1, keepdim=True) * (n_old / n_new)
+        return mean.expand(-1, n_new, *([-1] * (weight.dim() - 2))).contiguous()
+    out = weight.new_zeros((weight.shape[0], n_new, *weight.shape[2:]))
+    keep = min(n_old, n_new)
+    out[:, :keep] = weight[:, :keep]
+    return out
+
+
+def in_proj_weight_keys(network: torch.nn.Module) -> list[str]:
+    """State-dict keys of the first convolution's kernel (every alias) from the network's ``keys_to_in_proj``."""
+    return [k + ".weight" for k in getattr(network, "keys_to_in_proj", ()) or ()]
+
+
+def adapt_encoder_input_channels(encoder: dict[str, torch.Tensor], network_state: Mapping[str, torch.Tensor],
+                                 in_proj_keys: Sequence[str],
+                                 rule: Optional[str]) -> Optional[tuple[int, int]]:
+    """Apply ``rule`` in place to the input-projection kernels whose channel count differs from the target's.
+
+    Returns ``(pretrained, target)`` channel counts where they differed, else ``None``.
+    Without a rule a difference is an error that names the choices; any other
+    difference of shape is left to :func:`check_compatible`.
+    """
+    channels = None
+    for key in in_proj_keys:
+        if key not in encoder or key not in network_state:
+            continue
+        src, dst = tuple(encoder[key].shape), tuple(network_state[key].shape)
+        if src == dst or len(src) != len(dst) or src[:1] + src[2:] != dst[:1] + dst[2:]:
+            continue
+        if rule is None:
+            raise UserError(f"input channels differ at {key}: SSL checkpoint {src[1]}, target network {dst[1]} "
+                            f"{src} vs {dst}; choose how to initialise the first convolution with "
+                            f"--in-channels-rule {'|'.join(IN_CHANNELS_RULES)} (see docs/finetuning.md)")
+        encoder[key] = adapt_input_channels(encoder[key], dst[1], rule)
+        channels = (src[1], dst[1])
+    return channels
+
+
 def check_compatible(network_state: Mapping[str, torch.Tensor], encoder: Mapping[str, torch.Tensor],
-                     prefix: str = "encoder.") -> None:
-    """Fail at the first encoder key of the target network that the SSL encoder lacks or shapes differently."""
+                     prefix: str | Sequence[str] = "encoder.") -> None:
+    """Fail at the first encoder key of the target network that the SSL encoder lacks or shapes differently.
+
+    ``prefix``: the target's encoder key prefix, or several (a stem beside the stages).
+    """
     advice = ("the target plans must give the encoder the SSL plans' topology (stages, features, kernels, "
               "strides, normalisation, input channels): plan the target with the SSL plans' architecture, "
               "or pretrain on plans that match the target")
-    target_keys = [k for k in network_state if k.startswith(prefix)]
+    prefixes = (prefix,) if isinstance(prefix, str) else tuple(prefix)
+    target_keys = [k for k in network_state if k.startswith(prefixes)]
     for key in target_keys:
         if key not in encoder:
             raise UserError(f"encoder key {key} {tuple(network_state[key].shape)} of the target network "
@@ -121,29 +258,59 @@ def check_compatible(network_state: Mapping[str, torch.Tensor], encoder: Mapping
 
 def transfer(ssl_checkpoint: str | os.PathLike, dataset: str | int, output: str | os.PathLike,
              plans: str = "nnUNetPlans", configuration: str = "3d_fullres", source: str = "teacher",
-             force: bool = False) -> TransferReport:
+             force: bool = False, in_channels_rule: Optional[str] = None) -> TransferReport:
     """Write a complete nnU-Net network checkpoint whose encoder is the SSL encoder.
+
+    Args:
+        in_channels_rule: How to initialise the first convolution when the target
+            has another number of input channels than the pretrained encoder
+            (``copy``, ``mean`` or ``zero``, see :func:`adapt_input_channels`);
+            ``None`` refuses such a difference.
 
     Example:
         >>> transfer("res/.../fold_all/checkpoint_final.pth", 502, "pretrained.pth")  # doctest: +SKIP
     """
     output = Path(output)
+    if in_channels_rule is not None and in_channels_rule not in IN_CHANNELS_RULES:
+        raise UserError(f"unknown input-channel rule {in_channels_rule!r}; choose one of {list(IN_CHANNELS_RULES)}")
     if output.exists() and not force:
         raise UserError(f"{output} exists; choose another name or pass --force to overwrite it")
     if not output.parent.is_dir():
         raise UserError(f"output folder {output.parent} does not exist")
     checkpoint = load_ssl_checkpoint(ssl_checkpoint)
-    encoder = encoder_state(checkpoint, source)
+    foreign = is_foreign(checkpoint)
+    if foreign and source != "teacher":
+        raise UserError(f"{ssl_checkpoint} is not a DeSD checkpoint: it has one encoder, no {source}")
+    if not foreign:
+        encoder = encoder_state(checkpoint, source)
     network = build_target_network(dataset, plans, configuration)
+    if foreign:
+        from nnunet_ssl.finetune.freezing import encoder_prefixes
+
+        encoder = foreign_encoder_state(checkpoint, network)
+        modules = encoder_prefixes(network)
+    else:
+        modules = ("encoder",)
     state = network.state_dict()
-    check_compatible(state, encoder)
-    network.encoder.load_state_dict({k[len("encoder."):]: v for k, v in encoder.items()}, strict=True)
-    meta = checkpoint["ssl"]
+    channels = adapt_encoder_input_channels(encoder, state, in_proj_weight_keys(network), in_channels_rule)
+    check_compatible(state, encoder, tuple(m + "." for m in modules))
+    for module in modules:  # through the submodules, so that nnU-Net's decoder.encoder alias follows
+        sub = {k[len(module) + 1:]: v for k, v in encoder.items() if k.startswith(module + ".")}
+        network.get_submodule(module).load_state_dict(sub, strict=True)
+    if foreign:
+        plan = checkpoint[ADAPTATION_PLAN_KEY]
+        pretrain = plan.get("pretrain_plan") or {}
+        meta = {"dataset_name": pretrain.get("dataset_name"), "plans_name": pretrain.get("plans_name"),
+                "configuration": next(iter(pretrain.get("configurations") or {}), None), "settings": None}
+        source = "encoder"
+    else:
+        meta = checkpoint["ssl"]
     save_atomic({
         "network_weights": network.state_dict(),
         "nnunet_ssl_transfer": {
             "source_checkpoint": str(Path(ssl_checkpoint).resolve()),
             "source": source,
+            "source_format": ADAPTATION_PLAN_KEY if foreign else FORMAT,
             "ssl_dataset": meta.get("dataset_name"),
             "ssl_plans": meta.get("plans_name"),
             "ssl_configuration": meta.get("configuration"),
@@ -152,6 +319,9 @@ def transfer(ssl_checkpoint: str | os.PathLike, dataset: str | int, output: str 
             "target_plans": plans,
             "target_configuration": configuration,
             "encoder_keys": sorted(encoder),
+            "in_channels": list(channels) if channels else None,
+            "in_channels_rule": in_channels_rule if channels else None,
         },
     }, output)
-    return TransferReport(output, source, len(encoder), len(state))
+    return TransferReport(output, source, len(encoder), len(state), channels,
+                          in_channels_rule if channels else None)

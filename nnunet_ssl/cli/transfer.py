@@ -14,13 +14,21 @@ def build_parser() -> argparse.ArgumentParser:
                     "dataset's plans and write a checkpoint that stock `nnUNetv2_train TARGET CONFIGURATION "
                     "FOLD -p PLANS -pretrained_weights OUTPUT.pth` accepts. Decoder and segmentation layers "
                     "are initialised as nnU-Net initialises them.")
-    p.add_argument("ssl_checkpoint", help="checkpoint_final.pth (or _best/_latest) of the SSL training")
+    p.add_argument("ssl_checkpoint",
+                   help="checkpoint_final.pth (or _best/_latest) of the SSL training, or a checkpoint of another "
+                        "SSL framework with an 'nnssl_adaptation_plan' entry whose encoder matches the target")
     p.add_argument("-d", "--dataset", required=True, help="target dataset id or name")
     p.add_argument("-p", "--plans", default="nnUNetPlans", help="target plans identifier [nnUNetPlans]")
     p.add_argument("-c", "--configuration", default="3d_fullres", help="target configuration [3d_fullres]")
     p.add_argument("-o", "--output", required=True, help="output .pth file")
     p.add_argument("--student", action="store_true",
                    help="take the student encoder instead of the EMA teacher (the default)")
+    p.add_argument("--in-channels-rule", choices=("copy", "mean", "zero"), default=None,
+                   help="initialise the first convolution when the target has another number of input channels "
+                        "than the pretrained encoder (e.g. pretrained on CT, fine-tuned on CT + difference image): "
+                        "copy = repeat the pretrained kernel over the channels, scaled by old/new channel count; "
+                        "mean = the mean kernel in every channel, scaled by old/new; zero = keep the shared "
+                        "channels' kernels and start new channels at zero. Default: refuse a difference")
     p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
     return p
 
@@ -31,10 +39,13 @@ def main(argv: list[str] | None = None) -> int:
         from nnunet_ssl.transfer import transfer
 
         report = transfer(args.ssl_checkpoint, args.dataset, args.output, args.plans, args.configuration,
-                          "student" if args.student else "teacher", args.force)
+                          "student" if args.student else "teacher", args.force, args.in_channels_rule)
     except UserError as e:
         print(f"nnunet-ssl-transfer: error: {e}", file=sys.stderr)
         return 2
+    if report.in_channels:
+        print(f"Input channels: pretrained {report.in_channels[0]}, target {report.in_channels[1]}; first "
+              f"convolution initialised with rule '{report.in_channels_rule}'.")
     print(f"Wrote {report.output}: {report.source} encoder ({report.n_encoder_tensors} tensors) in a "
           f"{report.n_network_tensors}-tensor network.\nUse it with: nnUNetv2_train {args.dataset} "
           f"{args.configuration} FOLD -p {args.plans} -pretrained_weights {report.output}")
