@@ -48,7 +48,7 @@ def plan_and_preprocess(dataset: str | int, planner: str = "default", base_featu
                         gpu_memory_gb: Optional[float] = None, plans_name: Optional[str] = None,
                         configurations: Sequence[str] = ("3d_fullres",),
                         ssl_settings: Optional[Mapping] = None, num_processes: int = 2,
-                        verify: bool = True) -> str:
+                        verify: bool = True, max_features: Optional[int] = None) -> str:
     """Fingerprint, plan and preprocess one dataset; return the plans name.
 
     Args:
@@ -62,6 +62,7 @@ def plan_and_preprocess(dataset: str | int, planner: str = "default", base_featu
             (validated against :class:`~nnunet_ssl.desd.settings.DeSDSettings`).
         num_processes: Worker processes for fingerprinting and preprocessing.
         verify: Run nnU-Net's dataset integrity check first.
+        max_features: Cap on the features per stage (nnU-Net: 320 in 3D, 512 in 2D).
     """
     import importlib
 
@@ -76,6 +77,8 @@ def plan_and_preprocess(dataset: str | int, planner: str = "default", base_featu
         raise UserError(f"unknown planner {planner!r}; choose one of {sorted(PLANNERS)}")
     if base_features is not None and base_features < 1:
         raise UserError("--base-features must be a positive integer")
+    if max_features is not None and max_features < (base_features or 1):
+        raise UserError("--max-features must be a positive integer, at least --base-features")
     ssl = dict(ssl_settings or {})
     try:
         DeSDSettings.from_dict(ssl)
@@ -88,7 +91,7 @@ def plan_and_preprocess(dataset: str | int, planner: str = "default", base_featu
                                 clean=True, verbose=False)
     module, cls_name = PLANNERS[planner]
     base_cls = getattr(importlib.import_module(module), cls_name)
-    planner_cls = _with_base_features(base_cls, base_features)
+    planner_cls = _with_network_size(base_cls, base_features, max_features)
     with _at_least_one_da_process():
         _, plans_identifier = plan_experiment_dataset(dataset_id, planner_cls, gpu_memory_gb,
                                                       overwrite_plans_name=plans_name)
@@ -98,17 +101,22 @@ def plan_and_preprocess(dataset: str | int, planner: str = "default", base_featu
     return plans_identifier
 
 
-def _with_base_features(base_cls, base_features: Optional[int]):
-    """A subclass of a stock planner whose U-Net starts with ``base_features`` features."""
-    if base_features is None:
+def _with_network_size(base_cls, base_features: Optional[int], max_features: Optional[int] = None):
+    """A subclass of a stock planner whose U-Net starts with ``base_features`` features, capped at
+    ``max_features``. The plans still name only stock classes: the subclass changes numbers, not code."""
+    if base_features is None and max_features is None:
         return base_cls
 
     class _Planner(base_cls):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            # nnU-Net's memory model scales with the reference feature count; keep them consistent
-            self.UNet_base_num_features = base_features
-            self.UNet_reference_com_nfeatures = base_features
+            if base_features is not None:
+                # nnU-Net's memory model scales with the reference feature count; keep them consistent
+                self.UNet_base_num_features = base_features
+                self.UNet_reference_com_nfeatures = base_features
+            if max_features is not None:
+                self.UNet_max_features_3d = max_features
+                self.UNet_max_features_2d = max_features
 
     _Planner.__name__ = base_cls.__name__
     return _Planner

@@ -15,9 +15,13 @@ from nnunet_ssl.errors import UserError
 # subcommand name -> module in nnunet_ssl.cli
 COMMANDS = {
     "demo": "demo",
+    "prepare-ssl": "prepare_ssl",
     "plan": "plan",
+    "plan-target": "plan_target",
+    "split": "split",
     "evaluate": "evaluate",
     "compare": "compare",
+    "ensemble": "ensemble",
     "preprocess-ct": "preprocess_ct",
 }
 

@@ -6,9 +6,15 @@ HELP = "Fingerprint, plan and preprocess an nnU-Net dataset, recording SSL setti
 
 def add_arguments(parser) -> None:
     parser.add_argument("-d", "--dataset", required=True, help="dataset id or name in nnUNet_raw")
-    parser.add_argument("--planner", default="default", help="default | resenc-m | resenc-l (stock nnU-Net planners)")
+    from nnunet_ssl.planning import PLANNERS
+
+    parser.add_argument("--planner", default="default", choices=sorted(PLANNERS),
+                        help="preset naming a stock nnU-Net planner: default (plain U-Net), resenc-m or "
+                             "resenc-l (residual encoder, about 9 or 24 GB)")
     parser.add_argument("--base-features", type=int, default=None,
                         help="features of the first U-Net stage (nnU-Net: 32); small values for CPU runs")
+    parser.add_argument("--max-features", type=int, default=None,
+                        help="cap on the features per stage (nnU-Net: 320 in 3D)")
     parser.add_argument("--gpu-memory-gb", type=float, default=None,
                         help="memory target of the planner; smaller gives smaller patches")
     parser.add_argument("-p", "--plans-name", default=None, help="plans identifier (default: the planner's)")
@@ -24,6 +30,7 @@ def run(args) -> int:
 
     plans = plan_and_preprocess(args.dataset, args.planner, args.base_features, args.gpu_memory_gb,
                                 args.plans_name, args.configurations, parse_settings(args.ssl),
-                                args.num_processes, verify=not args.no_verify)
+                                args.num_processes, verify=not args.no_verify, max_features=args.max_features)
     print(f"Planned and preprocessed; plans: {plans}")
+    print(f"Pretrain with: nnUNetv2_train {args.dataset} 3d_fullres all -tr nnUNetTrainerDeSD -p {plans}")
     return 0
