@@ -5,20 +5,24 @@ Workloads (same network, batch and view size):
 * ``desd``: one full DeSD step (student encoder and all heads on both views, teacher
   forward, loss, backward, gradient clipping, AdamW, teacher EMA, centre update) via
   :func:`nnunet_ssl.desd.step.train_step`, the function the trainer calls;
-* ``bare``: the bare encoder work: student encoder forward and backward on both views
-  and teacher encoder forward without gradients, no heads, a trivial loss;
+* ``bare``: the bare encoder work: teacher encoder forward without gradients and student
+  encoder forward and backward on both views, no heads, a trivial loss, the same AdamW
+  on the student encoder;
 * ``finetune``: one plain nnU-Net fine-tuning step of the whole U-Net on one patch
   per sample (deep supervision, Dice + cross-entropy, SGD with Nesterov momentum).
 
 Each workload runs in its own process so that its peak memory can be read: on CUDA
 ``torch.cuda.max_memory_allocated``, on the CPU the growth of the peak resident set
-over the resident set after set-up. Times are medians over ``--steps`` steps after
-``--warmup`` steps.
+over the resident set after the imports (so the parameters, optimiser state and
+activations all count, the libraries do not). Times are medians over ``--steps`` steps
+after ``--warmup`` steps. With ``--rounds R`` the workloads run R times, alternating,
+and the ratios are the medians of the per-round ratios: on a shared machine this keeps
+a burst of load from landing on one workload only.
 
 Usage::
 
     python bench/desd_step.py --config tiny
-    python bench/desd_step.py --config paper --steps 5
+    python bench/desd_step.py --config paper --steps 5 --rounds 3 --workloads bare,desd
 """
 from __future__ import annotations
 
@@ -74,19 +78,29 @@ def worker(args) -> dict:
     from nnunet_ssl.desd.settings import DeSDSettings
     from nnunet_ssl.desd.step import StepSchedule, parameter_groups, train_step
 
+    torch.manual_seed(0)
+
     rss_after_imports = _current_rss_mb()
     cfg = CONFIGS[args.config]
     device = torch.device(args.device)
     use_amp = device.type == "cuda" and not args.no_amp
     b = args.batch
     views = [torch.randn(b, 1, *cfg["view"], device=device) for _ in range(2)]
-    settings = DeSDSettings(out_dim=cfg["out_dim"], batch_size=b, view_size=tuple(cfg["view"]))
+    settings = DeSDSettings(out_dim=args.out_dim or cfg["out_dim"], batch_size=b, view_size=tuple(cfg["view"]),
+                            view_sampling="region")  # views are random tensors here
+    if args.hidden_dim:
+        settings = settings.replace(hidden_dim=args.hidden_dim)
+    if args.no_in_backward:
+        settings = _Override(settings, head_update_in_backward=False)
 
     if args.workload in ("desd", "bare"):
         encoder = build_unet(cfg, False).encoder
+        extra = {"shared_last_layer": True} if args.shared_last_layer else {}
         net = DeSDNetwork(encoder, encoder.output_channels, settings.out_dim, settings.hidden_dim,
-                          settings.bottleneck_dim, settings.use_bn_in_head).to(device)
-        opt = torch.optim.AdamW(parameter_groups(net.student if args.workload == "desd" else net.student.encoder))
+                          settings.bottleneck_dim, settings.use_bn_in_head, **extra).to(device)
+        kind = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[args.optimizer]
+        opt = torch.optim.AdamW(parameter_groups(net.student if args.workload == "desd" else net.student.encoder),
+                                **kind)
         scaler = torch.amp.GradScaler("cuda") if use_amp else None
         schedule = StepSchedule(lr=1e-4, weight_decay=0.04, momentum=0.9996, teacher_temp=0.04,
                                 freeze_last_layer=False)
@@ -98,11 +112,16 @@ def worker(args) -> dict:
             x = torch.cat(views)
             opt.zero_grad(set_to_none=True)
             with torch.autocast(device.type, enabled=use_amp):
-                loss = net.student.encoder(x)[-1].float().mean()
-                with torch.no_grad():
+                with torch.no_grad():  # first, as train_step does: its activations are gone before the student's
                     net.teacher.encoder(x)
-            loss.backward()
-            opt.step()
+                loss = net.student.encoder(x)[-1].float().mean()
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
     else:
         from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
         from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
@@ -163,6 +182,16 @@ def worker(args) -> dict:
             "peak_kind": peak_kind, "amp": use_amp}
 
 
+class _Override:
+    """Settings with some values replaced, including names DeSDSettings may not (yet) have."""
+
+    def __init__(self, base, **changes):
+        self._base, self._changes = base, changes
+
+    def __getattr__(self, name):
+        return self._changes[name] if name in self._changes else getattr(self._base, name)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", choices=sorted(CONFIGS), default="tiny")
@@ -171,6 +200,15 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--no-amp", action="store_true", help="fp32 on CUDA (AMP is used on CUDA by default)")
+    p.add_argument("--rounds", type=int, default=1, help="run the workloads this many times, alternating")
+    p.add_argument("--workloads", default="bare,desd,finetune", help="comma-separated subset to run")
+    p.add_argument("--optimizer", choices=["fused", "foreach", "for-loop"], default="fused",
+                   help="AdamW implementation for desd and bare (default: fused, as make_optimizer)")
+    p.add_argument("--out-dim", type=int, help="K instead of the configuration's")
+    p.add_argument("--hidden-dim", type=int, help="head MLP width instead of the default 2048")
+    p.add_argument("--shared-last-layer", action="store_true", help="opt-in: one last layer for all heads")
+    p.add_argument("--no-in-backward", action="store_true",
+                   help="take the heads' last-layer AdamW step after the backward pass (dense gradients)")
     p.add_argument("--workload", choices=["desd", "bare", "finetune"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.device is None:
@@ -180,25 +218,41 @@ def main() -> None:
     if args.workload:
         print(json.dumps(worker(args)))
         return
-    results = {}
-    for workload in ("bare", "desd", "finetune"):
-        cmd = [sys.executable, __file__, "--workload", workload] + sys.argv[1:]
-        if "--device" not in sys.argv:
-            cmd += ["--device", args.device]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-        results[workload] = json.loads(out.strip().splitlines()[-1])
+    workloads = args.workloads.split(",")
+    rounds = []
+    for r in range(args.rounds):
+        results = {}
+        for workload in workloads:
+            cmd = [sys.executable, __file__, "--workload", workload] + sys.argv[1:]
+            if "--device" not in sys.argv:
+                cmd += ["--device", args.device]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                sys.exit(f"workload {workload} failed:\n{proc.stderr[-3000:]}")
+            results[workload] = json.loads(proc.stdout.strip().splitlines()[-1])
+        rounds.append(results)
+        if args.rounds > 1:
+            print(f"round {r + 1}: " + ", ".join(f"{w} {res['median_s']:.3f} s {res['peak_mb']:.0f} MiB"
+                                                   for w, res in results.items()), flush=True)
+    med = statistics.median
     cfg = CONFIGS[args.config]
+    first = rounds[0][workloads[0]]
+    variant = [v for v, on in (("shared last layer", args.shared_last_layer),
+                               ("no in-backward update", args.no_in_backward)) if on]
     print(f"config {args.config}: {len(cfg['features'])} stages {cfg['features'][0]}-{max(cfg['features'])} "
-          f"features, views {cfg['view']}, K={cfg['out_dim']}, batch {args.batch}, device {args.device}, "
-          f"AMP {results['desd']['amp']}, median of {args.steps} steps after {args.warmup}")
-    print(f"{'workload':<10} {'step s':>9} {'peak MiB':>10}  ({results['desd']['peak_kind']})")
-    for name, r in results.items():
-        print(f"{name:<10} {r['median_s']:>9.3f} {r['peak_mb']:>10.0f}")
-    d, b, f = results["desd"], results["bare"], results["finetune"]
-    print(f"DeSD / bare encoder work:  time {d['median_s'] / b['median_s']:.2f}x, "
-          f"peak memory {d['peak_mb'] / b['peak_mb']:.2f}x")
-    print(f"DeSD / fine-tuning step:   time {d['median_s'] / f['median_s']:.2f}x, "
-          f"peak memory {d['peak_mb'] / f['peak_mb']:.2f}x")
+          f"features, views {cfg['view']}, K={args.out_dim or cfg['out_dim']}, "
+          f"{f'head MLP width {args.hidden_dim}, ' if args.hidden_dim else ''}batch {args.batch}, "
+          f"device {args.device}, AMP {first['amp']}, AdamW {args.optimizer}"
+          f"{', ' + ', '.join(variant) if variant else ''}; median of {args.steps} steps after {args.warmup}"
+          f"{f', median over {args.rounds} rounds' if args.rounds > 1 else ''}")
+    print(f"{'workload':<10} {'step s':>9} {'peak MiB':>10}  ({first['peak_kind']})")
+    for w in workloads:
+        print(f"{w:<10} {med(r[w]['median_s'] for r in rounds):>9.3f} {med(r[w]['peak_mb'] for r in rounds):>10.0f}")
+    for other, label in (("bare", "bare encoder work"), ("finetune", "fine-tuning step")):
+        if "desd" in workloads and other in workloads:
+            t = med(r["desd"]["median_s"] / r[other]["median_s"] for r in rounds)
+            m = med(r["desd"]["peak_mb"] / r[other]["peak_mb"] for r in rounds)
+            print(f"DeSD / {label + ':':<19} time {t:.2f}x, peak memory {m:.2f}x")
 
 
 if __name__ == "__main__":

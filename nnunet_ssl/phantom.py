@@ -59,6 +59,7 @@ def make_stroke_phantom(
     n_lesions: int = 1,
     noise_hu: float = 3.0,
     seed: int = 0,
+    lesion_drop_hu: float = LESION_DROP_HU,
 ) -> Phantom:
     """Make one head CT phantom.
 
@@ -70,6 +71,8 @@ def make_stroke_phantom(
         n_lesions: Number of lesions (ignored for ``side="none"``).
         noise_hu: Standard deviation of the Gaussian noise in HU.
         seed: Seed of the case's random generator; equal seeds give equal phantoms.
+        lesion_drop_hu: How much darker lesions are than the tissue they replace (acute
+            ischaemia: a few HU).
 
     Returns:
         A :class:`Phantom`.
@@ -124,7 +127,7 @@ def make_stroke_phantom(
                  centre[2] + sgn * rng.uniform(0.18, 0.24) * shape[2]]
             blob = _ellipsoid(grid, c, r) & brain & ~ventricles
             lesion |= blob
-        image[lesion] -= LESION_DROP_HU
+        image[lesion] -= lesion_drop_hu
 
     image = ndimage.gaussian_filter(image, 0.6)  # partial volume at edges
     image += rng.normal(0.0, noise_hu, shape).astype(np.float32)
@@ -149,7 +152,8 @@ def write_phantom_dataset(raw_folder: Path | str, dataset_id: int, name: str, n_
                           n_test: int = 0, shape: Sequence[int] = (48, 64, 64),
                           spacing: Sequence[float] = (1.0, 1.0, 1.0), label: str = "lesion",
                           seed: int = 0, first_case: int = 0,
-                          first_test_case: Optional[int] = None) -> Path:
+                          first_test_case: Optional[int] = None,
+                          lesion_drop_hu: float = LESION_DROP_HU) -> Path:
     """Write an nnU-Net raw dataset of phantoms; return its folder.
 
     Training cases go to ``imagesTr``/``labelsTr``, test cases to ``imagesTs`` with
@@ -178,7 +182,8 @@ def write_phantom_dataset(raw_folder: Path | str, dataset_id: int, name: str, n_
     cases = [(i, "Tr") for i in range(first_case, first_case + n_train)]
     cases += [(i, "Ts") for i in range(first_test_case, first_test_case + n_test)]
     for i, split in cases:
-        p = make_stroke_phantom(shape, spacing, side=sides[i % len(sides)], seed=seed * 10007 + i)
+        p = make_stroke_phantom(shape, spacing, side=sides[i % len(sides)], seed=seed * 10007 + i,
+                                lesion_drop_hu=lesion_drop_hu)
         case = f"case_{i:03d}"
         write_image(p.image, spacing, folder / f"images{split}" / f"{case}_0000.nii.gz")
         target = p.lesion if label == "lesion" else p.brain

@@ -19,7 +19,7 @@ from nnunet_ssl.phantom import make_stroke_phantom, write_image
 def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": os.path.dirname(sys.executable)}  # no external skull strippers
     return subprocess.run([sys.executable, "-m", "nnunet_ssl.cli.main", "preprocess-ct", *args],
-                          capture_output=True, text=True, timeout=timeout, env=env)
+                          capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=timeout, env=env)
 
 
 def read_report(folder: Path) -> dict[str, dict]:

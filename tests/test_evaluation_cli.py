@@ -374,7 +374,7 @@ def test_real_command_in_subprocess(dataset, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(
         [sys.executable, "-m", "nnunet_ssl.cli.main", "evaluate", str(dataset["dilated"]), str(dataset["gt"]),
-         "-o", str(out), "-j", "2"], capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+         "-o", str(out), "-j", "2"], capture_output=True, text=True, encoding="utf-8", errors="replace", cwd=REPO, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "Evaluated 9 case(s)" in proc.stdout
     rows = read_rows(out / "evaluation_per_case.csv")
@@ -397,6 +397,6 @@ def test_command_modules_import_nothing_heavy():
     # `nnunet-ssl evaluate --help` must answer at once: heavy imports belong inside run().
     code = ("import sys; import nnunet_ssl.cli.evaluate, nnunet_ssl.cli.compare; "
             "print([m for m in ('SimpleITK', 'scipy', 'matplotlib', 'tqdm') if m in sys.modules])")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", errors="replace", cwd=REPO, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"

@@ -25,12 +25,12 @@ def test_readme_demo_command_uses_the_same_install():
 
 
 def test_cli_help_lists_every_command():
-    out = subprocess.run([bin_path("nnunet-ssl"), "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([bin_path("nnunet-ssl"), "--help"], capture_output=True, text=True, encoding="utf-8", errors="replace", check=True).stdout
     from nnunet_ssl.cli.main import COMMANDS
 
     for name in COMMANDS:
         assert name in out
-    out = subprocess.run([bin_path("nnunet-ssl-transfer"), "--help"], capture_output=True, text=True,
+    out = subprocess.run([bin_path("nnunet-ssl-transfer"), "--help"], capture_output=True, text=True, encoding="utf-8", errors="replace",
                          check=True).stdout
     assert "--force" in out and "--student" in out
 
@@ -38,14 +38,14 @@ def test_cli_help_lists_every_command():
 def test_help_does_not_import_heavy_libraries():
     code = ("import sys; from nnunet_ssl.cli.main import build_parser; build_parser(); "
             "print(sorted(m for m in ('torch', 'nnunetv2', 'SimpleITK', 'matplotlib') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", errors="replace", check=True).stdout
     assert out.strip() == "[]"
 
 
 def test_trainer_found_by_nnunet_lookup(planned):
     code = ("from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as f; "
             "print(f('nnUNetTrainerDeSD').__module__)")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=planned["env"], check=True)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", errors="replace", env=planned["env"], check=True)
     assert proc.stdout.strip().splitlines()[-1] == "nnunet_ssl.desd.trainer"
 
 

@@ -101,11 +101,17 @@ def test_frozen_last_layer_in_first_epoch(nnunet_env):
     trainer.on_train_start()
     before = [h.last_layer.weight.detach().clone() for h in trainer.network.student.heads]
     enc_before = [p.detach().clone() for p in trainer.network.student.encoder.parameters()]
+    teacher_before = [p.detach().clone() for p in trainer.network.teacher.encoder.parameters()]
     trainer.on_train_epoch_start()
     trainer._step_in_epoch = 2  # past the first warm-up iteration, where the learning rate is 0
     trainer.train_step(next(trainer.dataloader_train))
     assert all(torch.equal(b, h.last_layer.weight) for b, h in zip(before, trainer.network.student.heads))
     assert any(not torch.equal(b, p) for b, p in zip(enc_before, trainer.network.student.encoder.parameters()))
+    # the EMA moved the teacher by (1 - momentum) of the way to the student
+    m = float(trainer.momentum_schedule[2])
+    for t0, s, t in zip(teacher_before, trainer.network.student.encoder.parameters(),
+                        trainer.network.teacher.encoder.parameters()):
+        torch.testing.assert_close(t, m * t0 + (1 - m) * s.detach())
     assert np.isfinite(trainer.network.center.numpy()).all() and trainer.network.center.abs().sum() > 0
 
 

@@ -1,6 +1,5 @@
 """nnunet-ssl-transfer: encoder equality, prefixes, and clear refusals that lose nothing."""
 import json
-import shutil
 
 import pytest
 import torch

@@ -126,7 +126,7 @@ def _external_brain_mask(image: sitk.Image, method: str, timeout_s: float = 1800
             cmd = [exe, "-i", str(src), "-m", str(out / "mask.nii.gz")]
         else:  # HD-BET writes <out>_bet.nii.gz and a *mask* file, depending on version
             cmd = [exe, "-i", str(src), "-o", str(out / "ct_bet.nii.gz"), "--save_bet_mask"]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+        proc = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=timeout_s)
         masks = sorted(out.glob("*mask*.nii*"))
         if proc.returncode != 0 or not masks:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no mask written"]

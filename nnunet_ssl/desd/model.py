@@ -14,6 +14,7 @@ import copy
 from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nnunet_ssl.desd.heads import ProjectionHead, global_average_pool
@@ -28,11 +29,19 @@ class Student(nn.Module):
         self.encoder.return_skips = True
         self.heads = nn.ModuleList(heads)
 
+    @property
+    def shares_last_layer(self) -> bool:
+        """Whether every head uses one and the same last layer (``shared_last_layer``)."""
+        return len(self.heads) > 1 and all(h.last_layer is self.heads[0].last_layer for h in self.heads)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         stages = self.encoder(x)
         if len(stages) != len(self.heads):
             raise RuntimeError(f"encoder returned {len(stages)} stages for {len(self.heads)} heads")
-        return torch.stack([h(global_average_pool(f)) for h, f in zip(self.heads, stages)])
+        z = [F.normalize(h.embed(global_average_pool(f)), dim=-1) for h, f in zip(self.heads, stages)]
+        if self.shares_last_layer:  # one pass over the shared prototypes for all heads
+            return self.heads[0].prototypes(torch.cat(z)).view(len(z), z[0].shape[0], -1)
+        return torch.stack([h.prototypes(e) for h, e in zip(self.heads, z)])
 
 
 class Teacher(nn.Module):
@@ -54,12 +63,23 @@ class Teacher(nn.Module):
 
 
 class DeSDNetwork(nn.Module):
-    """The whole DeSD model: ``student``, ``teacher`` and the teacher-output ``center``."""
+    """The whole DeSD model: ``student``, ``teacher`` and the teacher-output ``center``.
+
+    ``shared_last_layer`` (not the paper's set-up, off by default) gives all student heads
+    one weight-normalised last layer, the ``K`` prototypes, instead of one each: with
+    ``K = 65536`` that removes 16.8M parameters (and their gradients and AdamW state) per
+    stage beyond the first. State-dict keys stay the same (the shared weight appears
+    under every head's name).
+    """
 
     def __init__(self, encoder: nn.Module, stage_channels: Sequence[int], out_dim: int,
-                 hidden_dim: int = 2048, bottleneck_dim: int = 256, use_bn: bool = True):
+                 hidden_dim: int = 2048, bottleneck_dim: int = 256, use_bn: bool = True,
+                 shared_last_layer: bool = False):
         super().__init__()
         heads = [ProjectionHead(c, out_dim, hidden_dim, bottleneck_dim, use_bn) for c in stage_channels]
+        if shared_last_layer:
+            for h in heads[1:]:
+                h.last_layer = heads[0].last_layer
         teacher_encoder = copy.deepcopy(encoder)
         teacher_head = copy.deepcopy(heads[-1])
         self.student = Student(encoder, heads)

@@ -18,9 +18,14 @@ Contract with nnU-Net (what this trainer changes and what it keeps):
   the validation cases' views.
 * Optimiser and schedules: AdamW with per-iteration learning-rate, weight-decay
   and momentum schedules (DINO's), teacher-temperature warm-up per epoch.
-* "Best" checkpoint: lowest validation SSL loss (not pseudo Dice).
-* Logging: train/validation SSL loss, teacher entropy, learning rate, weight
-  decay, teacher momentum and temperature per epoch, plotted in ``progress.png``.
+* Views: two per sample, drawn by :class:`~nnunet_ssl.desd.views.ViewPairLoader`
+  (slab sampling, optional symmetry augmentation) and augmented separately.
+* "Best" checkpoints: ``checkpoint_best.pth`` has the lowest validation SSL loss
+  (not pseudo Dice); ``checkpoint_best_rankme.pth`` the highest RankMe after the
+  monitoring warm-up.
+* Logging: train/validation SSL loss, teacher entropy, teacher-student KL, RankMe,
+  learning rate, weight decay, teacher momentum and temperature per epoch, plotted
+  in ``progress.png``; a collapse guard warns (or stops the run).
 * ``perform_actual_validation`` does nothing: there is nothing to segment.
 
 The settings come from the ``ssl`` block of the plans configuration
