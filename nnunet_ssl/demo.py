@@ -105,7 +105,7 @@ class Runner:
     def command(self, args: list[str], log_name: str, progress_marker: Optional[str] = None) -> None:
         """Run a command; echo lines containing ``progress_marker``; fail with the log's tail."""
         log_path = self.output / "logs" / f"{log_name}.log"
-        with open(log_path, "w") as log:
+        with open(log_path, "w", encoding="utf-8") as log:
             log.write(" ".join(args) + "\n")
             proc = subprocess.Popen(args, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     text=True, encoding="utf-8", errors="replace", bufsize=1)
@@ -116,7 +116,7 @@ class Runner:
                     self.echo("      " + line.rstrip().split(": ", 1)[-1])
             code = proc.wait()
         if code != 0:
-            tail = "".join(open(log_path).readlines()[-25:])
+            tail = "".join(open(log_path, encoding="utf-8").readlines()[-25:])
             raise UserError(f"step {self.step} failed: {' '.join(args)} exited {code}; log {log_path}:\n{tail}")
 
 
@@ -192,7 +192,7 @@ def run_demo(output: Path, force: bool = False, config: DemoConfig = DemoConfig(
     for name, value in summary["dice"].items():
         echo(f"  {name:>10}: {value:.3f}")
     echo(f"Everything is under {output}; total {time.time() - run.t0:.0f} s.")
-    (output / "demo_summary.json").write_text(json.dumps(summary, indent=1))
+    (output / "demo_summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     return summary
 
 

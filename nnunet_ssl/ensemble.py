@@ -91,7 +91,7 @@ def _geometry(properties: dict) -> dict:
 def _load_json(path: Path) -> Optional[dict]:
     import json
 
-    return json.loads(path.read_text()) if path.is_file() else None
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
 
 
 def _cases(folders: Sequence[Path], ending: str) -> List[str]:

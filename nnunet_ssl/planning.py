@@ -143,12 +143,12 @@ def plans_path(name: str, plans_identifier: str) -> str:
 def record_ssl_settings(name: str, plans_identifier: str, configurations: Sequence[str], ssl: Mapping) -> None:
     """Write ``ssl`` blocks into the plans file (stock nnU-Net ignores the unknown key)."""
     path = plans_path(name, plans_identifier)
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         plans = json.load(f)
     for c in configurations:
         if c in plans["configurations"]:
             plans["configurations"][c]["ssl"] = dict(ssl)
-    with open(path, "w") as f:
+    with open(path, "w", encoding="utf-8") as f:
         json.dump(plans, f, indent=4, sort_keys=False)
 
 

@@ -165,7 +165,7 @@ def assign_subsets(cases: Sequence[CaseStrata], test_fraction: float = 0.1, val_
 def read_sources(path: Path) -> dict[str, str]:
     """``case_id -> source`` from a CSV with ``case_id`` and ``source`` columns (manifest.csv is one)."""
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
     except OSError as e:
         raise UserError(f"cannot read {path}: {e}") from None
@@ -254,9 +254,9 @@ def make_split(dataset: str | int, test_fraction: float = 0.1, val_fraction: flo
         raise UserError(f"{len(cases)} case(s) leave no validation case at --val-fraction {val_fraction}; "
                         "raise it or add cases")
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "splits_final.json", "w") as f:
+    with open(out / "splits_final.json", "w", encoding="utf-8") as f:
         json.dump([{"train": train, "val": val}], f, indent=4)
-    with open(out / TEST_FILE, "w") as f:
+    with open(out / TEST_FILE, "w", encoding="utf-8") as f:
         json.dump({"test": test, "seed": seed, "test_fraction": test_fraction, "val_fraction": val_fraction,
                    "stratified_by": ["source", "side", "volume_bin"],
                    "note": "held out: in no fold's train or val list of splits_final.json; do not train "

@@ -198,7 +198,7 @@ def _available_plans(folder: Path) -> list[str]:
     names = []
     for p in sorted(folder.glob("*.json")):
         try:
-            if "configurations" in json.loads(p.read_text()):
+            if "configurations" in json.loads(p.read_text(encoding="utf-8")):
                 names.append(p.stem)
         except (OSError, ValueError):
             continue

@@ -111,7 +111,7 @@ sitk.WriteImage(mask, out)
 
 def install_tool(folder: Path, name: str, fail: bool = False) -> None:
     path = folder / name
-    path.write_text(FAKE_TOOL.format(python=sys.executable, fail=fail))
+    path.write_text(FAKE_TOOL.format(python=sys.executable, fail=fail), encoding="utf-8")
     path.chmod(path.stat().st_mode | stat.S_IEXEC)
 
 

@@ -23,7 +23,7 @@ def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 
 def read_report(folder: Path) -> dict[str, dict]:
-    with open(folder / "preprocess_report.csv", newline="") as f:
+    with open(folder / "preprocess_report.csv", newline="", encoding="utf-8") as f:
         return {r["case"]: r for r in csv.DictReader(f)}
 
 
@@ -46,7 +46,7 @@ def dataset(tmp_path_factory):
 
 def test_cli_writes_an_nnunet_raw_dataset(dataset):
     out = dataset["out"]
-    info = json.loads((out / "dataset.json").read_text())
+    info = json.loads((out / "dataset.json").read_text(encoding="utf-8"))
     assert info["channel_names"] == {"0": "CT", "1": "CT"}
     assert info["labels"] == {"background": 0, "lesion": 1}
     assert info["numTraining"] == 2 and info["file_ending"] == ".nii.gz"

@@ -148,8 +148,8 @@ def test_bad_cases_are_reported_with_their_reason(bad_inputs):
 def test_failed_cases_leave_no_files_and_the_input_is_untouched(bad_inputs):
     out = bad_inputs["out"]
     assert sorted(p.name for p in (out / "imagesTr").iterdir()) == ["good_0000.nii.gz", "good_0001.nii.gz"]
-    assert json.loads((out / "dataset.json").read_text())["numTraining"] == 1
-    report = (out / REPORT_NAME).read_text().splitlines()
+    assert json.loads((out / "dataset.json").read_text(encoding="utf-8"))["numTraining"] == 1
+    report = (out / REPORT_NAME).read_text(encoding="utf-8").splitlines()
     assert len(report) == 5 and report[0].startswith("case,status,reason")
     assert _digest(bad_inputs["src"]) == bad_inputs["before"]
 
@@ -187,7 +187,7 @@ def test_brain_label_for_unlabelled_ssl_data(tmp_path):
     config = PreprocessConfig(spacing=(3.0, 3.0, 3.0), qc=False)
     rows = run_dataset(tmp_path / "in", tmp_path / "out", config, progress=False, brain_label=True)
     assert rows[0]["status"] == "ok"
-    info = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    info = json.loads((tmp_path / "out" / "dataset.json").read_text(encoding="utf-8"))
     assert info["labels"] == {"background": 0, "brain": 1}
     label = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "labelsTr" / "u1.nii.gz")))
     ct = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "imagesTr" / "u1_0000.nii.gz")))

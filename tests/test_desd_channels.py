@@ -19,9 +19,9 @@ def _ssl_checkpoint(root, configuration, trainer):
 def test_symmetry_and_two_channel_pretraining_and_transfer(planned_two_channel, planned, tmp_path, monkeypatch):
     root, env = planned_two_channel["root"], planned_two_channel["env"]
     plans_file = root / "preprocessed" / "Dataset502_TwoChannel" / "nnUNetPlans.json"
-    plans = json.loads(plans_file.read_text())
+    plans = json.loads(plans_file.read_text(encoding="utf-8"))
     plans["configurations"]["3d_two"] = {"inherits_from": "3d_fullres", "ssl": dict(TINY_SSL)}
-    plans_file.write_text(json.dumps(plans))
+    plans_file.write_text(json.dumps(plans), encoding="utf-8")
 
     run_command([bin_path("nnUNetv2_train"), "502", "3d_fullres", "all", "-tr", "nnUNetTrainerDeSD_SA",
                  "-device", "cpu"], env)
@@ -46,5 +46,5 @@ def test_symmetry_and_two_channel_pretraining_and_transfer(planned_two_channel, 
     for k, v in planned["env"].items():
         monkeypatch.setenv(k, v)
     transfer(_ssl_checkpoint(root, "3d_fullres", "nnUNetTrainerDeSD_SA"), 501, tmp_path / "sa1.pth")
-    log = next(_ssl_checkpoint(root, "3d_fullres", "nnUNetTrainerDeSD_SA").parent.glob("training_log_*")).read_text()
+    log = next(_ssl_checkpoint(root, "3d_fullres", "nnUNetTrainerDeSD_SA").parent.glob("training_log_*")).read_text(encoding="utf-8")
     assert "RankMe embedding" in log and "KL(teacher||student)" in log

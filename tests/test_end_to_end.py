@@ -19,7 +19,7 @@ def test_pretrain_transfer_finetune_predict(ssl_run, nnunet_env, tmp_path):
     # the SSL run wrote nnU-Net's layout with our progress plot and no segmentation validation
     out = ssl_run["output"]
     assert {"checkpoint_final.pth", "checkpoint_best.pth", "progress.png"} <= {p.name for p in out.iterdir()}
-    log = next(out.glob("training_log_*.txt")).read_text()
+    log = next(out.glob("training_log_*.txt")).read_text(encoding="utf-8")
     assert '"num_iterations_per_epoch": 3' in log and "SSL pretraining: no segmentation validation" in log
 
     weights = tmp_path / "pretrained.pth"
@@ -38,7 +38,7 @@ def test_pretrain_transfer_finetune_predict(ssl_run, nnunet_env, tmp_path):
     run_command([bin_path("nnUNetv2_train"), "501", "3d_fullres", "0", "-tr", "nnUNetTrainer_1epoch",
                  "-pretrained_weights", str(weights), "-device", "cpu"], env)
     ft_log = next((root / "results" / "Dataset501_Tiny" / "nnUNetTrainer_1epoch__nnUNetPlans__3d_fullres"
-                   / "fold_0").glob("training_log_*.txt")).read_text()
+                   / "fold_0").glob("training_log_*.txt")).read_text(encoding="utf-8")
     assert "Epoch 0" in ft_log
 
     images = root / "raw" / "Dataset501_Tiny" / "imagesTs"

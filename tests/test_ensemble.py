@@ -32,8 +32,8 @@ def _write(folder, name, array, spacing=SPACING, meta=True):
     image.SetDirection(DIRECTION)
     sitk.WriteImage(image, str(folder / name))
     if meta:
-        (folder / "dataset.json").write_text(json.dumps(DATASET))
-        (folder / "plans.json").write_text(json.dumps(PLANS))
+        (folder / "dataset.json").write_text(json.dumps(DATASET), encoding="utf-8")
+        (folder / "plans.json").write_text(json.dumps(PLANS), encoding="utf-8")
 
 
 def test_majority_vote_of_three_hand_made_maps():
@@ -91,8 +91,8 @@ def _probabilities(folder, name, probs, spacing=SPACING):
              "sitk_stuff": {"spacing": spacing, "origin": ORIGIN, "direction": DIRECTION}}
     with open(folder / f"{name}.pkl", "wb") as f:
         pickle.dump(props, f)
-    (folder / "dataset.json").write_text(json.dumps(DATASET))
-    (folder / "plans.json").write_text(json.dumps(PLANS))
+    (folder / "dataset.json").write_text(json.dumps(DATASET), encoding="utf-8")
+    (folder / "plans.json").write_text(json.dumps(PLANS), encoding="utf-8")
 
 
 def test_average_of_probabilities_uses_nnunets_ensembling(tmp_path):

@@ -47,7 +47,7 @@ def case_boxes():
 
 
 def read_rows(path):
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
 
 
@@ -78,7 +78,7 @@ def dataset(tmp_path_factory):
         shifted = np.roll(true, 2, axis=2) if spec else box((1, 1, 1), (2, 2, 2))
         for name, mask in (("gt", true), ("eroded", eroded), ("dilated", dilated), ("shifted", shifted)):
             write_mask(dirs[name] / f"{case}.nii.gz", mask)
-    (dirs["eroded"] / "plans.json").write_text("{}")  # other files in a prediction folder are ignored
+    (dirs["eroded"] / "plans.json").write_text("{}", encoding="utf-8")  # other files in a prediction folder are ignored
     return dirs
 
 
@@ -119,7 +119,7 @@ def test_evaluate_hd95_in_mm_and_nan_in_summary(evaluated):
     assert all(float(rows[c]["hd95_mm"]) == pytest.approx(1.0) for c in rows if c != "case_empty")
     # false positive on an empty reference: Dice 0 and HD95 undefined (empty cell)
     assert rows["case_empty"]["dice"] == "0" and rows["case_empty"]["hd95_mm"] == ""
-    summary = json.loads((evaluated / "shifted" / "evaluation_summary.json").read_text())
+    summary = json.loads((evaluated / "shifted" / "evaluation_summary.json").read_text(encoding="utf-8"))
     label = summary["labels"]["1"]
     assert label["metrics"]["hd95_mm"]["n"] == 8 and label["metrics"]["hd95_mm"]["n_nan"] == 1
     assert label["metrics"]["hd95_mm"]["median"] == pytest.approx(1.0)
@@ -144,7 +144,7 @@ def test_min_lesion_filter_from_the_command_line(tmp_path, capsys):
     assert main(["evaluate", str(pred), str(gt), "-o", str(out), "--min-lesion-ml", "3"]) == 0
     row = read_rows(out / "evaluation_per_case.csv")[0]
     assert float(row["volume_true_ml"]) == pytest.approx(4.0) and float(row["dice"]) == 1.0
-    assert json.loads((out / "evaluation_summary.json").read_text())["settings"]["min_lesion_ml"] == 3.0
+    assert json.loads((out / "evaluation_summary.json").read_text(encoding="utf-8"))["settings"]["min_lesion_ml"] == 3.0
     assert "under 3 mL removed" in capsys.readouterr().out
 
 
@@ -170,7 +170,7 @@ def test_multi_label_is_evaluated_per_label(tmp_path):
     assert float(rows["a", "2"]["dice"]) == pytest.approx(0.75)           # 2 * 48 / 128
     assert float(rows["a", "2"]["hd95_mm"]) == pytest.approx(3.0)         # one 3 mm voxel; see metric tests
     assert float(rows["b", "2"]["dice"]) == 1.0 and rows["b", "2"]["volume_true_ml"] == "0"  # absent: both empty
-    summary = json.loads((pred / "evaluation_summary.json").read_text())
+    summary = json.loads((pred / "evaluation_summary.json").read_text(encoding="utf-8"))
     assert sorted(summary["labels"]) == ["1", "2"] and summary["settings"]["labels"] == [1, 2]
     assert main(["evaluate", str(pred), str(gt), "--labels", "2", "-o", str(tmp_path / "l2")]) == 0
     assert {r["label"] for r in read_rows(tmp_path / "l2" / "evaluation_per_case.csv")} == {"2"}
@@ -224,7 +224,7 @@ def test_missing_predictions_error_or_allow_missing(pair, capsys, tmp_path):
     assert "2 ground-truth case(s) have no prediction" in err and "lost_1, lost_2" in err
     assert "--allow-missing" in err
     assert main(["evaluate", str(pred), str(gt), "--allow-missing", "-o", str(tmp_path / "o")]) == 0
-    summary = json.loads((tmp_path / "o" / "evaluation_summary.json").read_text())
+    summary = json.loads((tmp_path / "o" / "evaluation_summary.json").read_text(encoding="utf-8"))
     assert summary["settings"]["cases_without_prediction"] == ["lost_1", "lost_2"]
     assert summary["settings"]["n_cases"] == 1
 
@@ -294,7 +294,7 @@ def test_compare_matches_scipy_and_renders_report(evaluated, tmp_path):
     hd = [t for t in tests if t["metric"] == "hd95_mm" and "shifted" in (t["run_a"], t["run_b"])]
     assert {int(t["n"]) for t in hd} == {8}
 
-    report = (out / "report.md").read_text()
+    report = (out / "report.md").read_text(encoding="utf-8")
     assert "| Run | Dice mean | Dice median (IQR) |" in report
     assert "9 case(s) shared by every run" in report
     images = [line[line.index("(") + 1:-1] for line in report.splitlines() if line.startswith("![")]
@@ -319,7 +319,7 @@ def csv_runs(tmp_path):
     paths = {}
     for name, values in dice.items():
         path = tmp_path / f"{name}.csv"
-        with open(path, "w", newline="") as f:
+        with open(path, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(["case", "label", "dice", "hd95_mm", "avd_ml", "volume_pred_ml", "volume_true_ml",
                         "lesions_pred", "lesions_true"])
@@ -362,10 +362,10 @@ def test_compare_bad_input(csv_runs, tmp_path, capsys):
     assert "one per run" in run_error(["compare", a, str(paths["B"]), "--names", "x"], capsys)
     assert "holds no evaluation_per_case.csv" in run_error(["compare", a, str(tmp_path)], capsys)
     other = tmp_path / "other.csv"
-    other.write_text("case,label,dice,hd95_mm,avd_ml,volume_pred_ml,volume_true_ml\nzz,1,0.5,1,1,1,1\n")
+    other.write_text("case,label,dice,hd95_mm,avd_ml,volume_pred_ml,volume_true_ml\nzz,1,0.5,1,1,1,1\n", encoding="utf-8")
     assert "share no case" in run_error(["compare", a, str(other)], capsys)
     bad = tmp_path / "bad.csv"
-    bad.write_text("case,dice\nx,0.5\n")
+    bad.write_text("case,dice\nx,0.5\n", encoding="utf-8")
     assert "lacks the column(s) label" in run_error(["compare", a, str(bad)], capsys)
 
 
@@ -379,7 +379,7 @@ def test_real_command_in_subprocess(dataset, tmp_path):
     assert "Evaluated 9 case(s)" in proc.stdout
     rows = read_rows(out / "evaluation_per_case.csv")
     assert [r["case"] for r in rows] == sorted(case_boxes())
-    assert not math.isnan(json.loads((out / "evaluation_summary.json").read_text())
+    assert not math.isnan(json.loads((out / "evaluation_summary.json").read_text(encoding="utf-8"))
                           ["labels"]["1"]["volume_agreement"]["icc_3_1"])
 
 
@@ -389,7 +389,7 @@ def test_compare_warns_when_runs_used_different_filters(dataset, evaluated, tmp_
                  "--min-lesion-ml", "0.1"]) == 0
     assert main(["compare", str(evaluated / "eroded"), str(filtered), "-o", str(tmp_path / "cmp")]) == 0
     assert "different min_lesion_ml" in capsys.readouterr().out
-    report = (tmp_path / "cmp" / "report.md").read_text()
+    report = (tmp_path / "cmp" / "report.md").read_text(encoding="utf-8")
     assert "> Warning: The runs were evaluated with different min_lesion_ml" in report
 
 

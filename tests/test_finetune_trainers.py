@@ -12,8 +12,8 @@ from nnunet_ssl.finetune.warmup import warmup_poly_lr
 
 def _trainer(cls, env, finetune=None, iterations=2):
     pre = env["root"] / "preprocessed" / "Dataset501_Tiny"
-    plans = json.loads((pre / "nnUNetPlans.json").read_text())
-    dataset_json = json.loads((pre / "dataset.json").read_text())
+    plans = json.loads((pre / "nnUNetPlans.json").read_text(encoding="utf-8"))
+    dataset_json = json.loads((pre / "dataset.json").read_text(encoding="utf-8"))
     if finetune is not None:
         plans["configurations"]["3d_fullres"]["finetune"] = finetune
     plans["continue_training"] = False
@@ -49,7 +49,7 @@ def test_frozen_encoder_stays_bit_identical_while_decoder_trains(nnunet_env):
     assert not any(p in trainer.optimizer.state for p in encoder)  # no momentum, no weight decay
     _start_epoch(trainer, 999)  # still frozen at any epoch
     assert not any(p.requires_grad for p in encoder)
-    log = open(trainer.log_file).read()
+    log = open(trainer.log_file, encoding="utf-8").read()
     assert "become trainable at epochs ['never', 'never', 'never', 'never']" in log
 
 
@@ -68,7 +68,7 @@ def test_unfreeze_at_n_from_plans_block_then_encoder_trains(nnunet_env):
     assert all(p.requires_grad for p in encoder)
     _train(trainer, 1)
     assert all(not torch.equal(a, b) for a, b in zip(enc0, encoder))
-    log = open(trainer.log_file).read()
+    log = open(trainer.log_file, encoding="utf-8").read()
     assert "Epoch 0: encoder stages frozen (stem first) [True, True, True, True]" in log
     assert "Epoch 2: encoder stages frozen (stem first) [False, False, False, False]" in log
 
@@ -144,7 +144,7 @@ def test_real_finetuning_run_with_pretrained_weights(ssl_run, nnunet_env, tmp_pa
     run_command([bin_path("nnUNetv2_train"), "501", "3d_fullres", "0", "-tr", "nnUNetTrainerUnfreezeAt_Demo",
                  "-pretrained_weights", str(weights), "-device", "cpu"], env)
     out = ssl_run["root"] / "results" / "Dataset501_Tiny" / "nnUNetTrainerUnfreezeAt_Demo__nnUNetPlans__3d_fullres"
-    log = next((out / "fold_0").glob("training_log_*.txt")).read_text()
+    log = next((out / "fold_0").glob("training_log_*.txt")).read_text(encoding="utf-8")
     assert "Epoch 0: encoder stages frozen (stem first) [True, True, True, True]" in log
     assert "Epoch 1: encoder stages frozen (stem first) [False, False, False, False]" in log
     assert (out / "fold_0" / "validation" / "summary.json").is_file()

@@ -53,8 +53,8 @@ def pipeline(tmp_path_factory):
     pre = root / "preprocessed"
     return {
         "root": root, "env": env, "plans_name": "nnUNetPlans_from_Dataset610",
-        "ssl_plans": json.loads((pre / "Dataset610_HeadCT" / "nnUNetPlans.json").read_text()),
-        "target_plans": json.loads((pre / "Dataset611_Stroke" / "nnUNetPlans_from_Dataset610.json").read_text()),
+        "ssl_plans": json.loads((pre / "Dataset610_HeadCT" / "nnUNetPlans.json").read_text(encoding="utf-8")),
+        "target_plans": json.loads((pre / "Dataset611_Stroke" / "nnUNetPlans_from_Dataset610.json").read_text(encoding="utf-8")),
         "checkpoint": root / "results" / "Dataset610_HeadCT" / "nnUNetTrainerDeSD__nnUNetPlans__3d_fullres"
                       / "fold_all" / "checkpoint_final.pth",
     }
@@ -122,7 +122,7 @@ def test_preprocessed_intensities_are_ssl_normalised(active):
     assert data.shape == (1, *TARGET_SHAPE)
     np.testing.assert_allclose(np.asarray(data[0]), expected, rtol=1e-5, atol=1e-5)
     # the target's own lesion statistics would have given something else
-    own = json.loads((pre / "dataset_fingerprint.json").read_text())["foreground_intensity_properties_per_channel"]["0"]
+    own = json.loads((pre / "dataset_fingerprint.json").read_text(encoding="utf-8"))["foreground_intensity_properties_per_channel"]["0"]
     assert abs(own["mean"] - p["mean"]) > 1.0
 
 
@@ -151,7 +151,7 @@ def test_stock_trainer_trains_on_our_split(active):
 
     assert main(["split", "-d", str(TARGET_ID), "--no-progress"]) == 0
     pre = active["root"] / "preprocessed" / "Dataset611_Stroke"
-    test = json.loads((pre / "splits_test.json").read_text())["test"]
+    test = json.loads((pre / "splits_test.json").read_text(encoding="utf-8"))["test"]
     trainer = get_trainer_from_args(str(TARGET_ID), "3d_fullres", 0, "nnUNetTrainer", active["plans_name"],
                                     device=torch.device("cpu"))
     train, val = trainer.do_split()

@@ -16,7 +16,7 @@ PHANTOM_ML = ["--min-brain-ml", "20", "--max-brain-ml", "200"]  # the 32x40x40 p
 
 
 def read_csv(path):
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))
 
 
@@ -50,7 +50,7 @@ def test_mixed_formats_spacings_and_orientations(tmp_path, raw):
         else:
             write_dicom_series(ct, path)
         truth[path] = (sitk.DICOMOrient(ct, "LPS"), sitk.DICOMOrient(brain, "LPS"))
-    (b / "notes.txt").write_text("sidecar files are ignored")
+    (b / "notes.txt").write_text("sidecar files are ignored", encoding="utf-8")
     before = tree_hash(tmp_path / "in")
 
     assert main(["prepare-ssl", "-i", str(a), f"B={b}", "-d", "600", "-n", "HeadCT", "-j", "2",
@@ -58,7 +58,7 @@ def test_mixed_formats_spacings_and_orientations(tmp_path, raw):
 
     folder = raw / "Dataset600_HeadCT"
     assert tree_hash(tmp_path / "in") == before
-    ds = json.loads((folder / "dataset.json").read_text())
+    ds = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
     assert ds["channel_names"] == {"0": "CT"} and ds["labels"] == {"background": 0, "brain": 1}
     assert ds["numTraining"] == 3 and ds["file_ending"] == ".nii.gz"
     manifest = {r["case_id"]: r for r in read_csv(folder / "manifest.csv")}
@@ -109,7 +109,7 @@ def test_bad_cases_are_skipped_with_reasons(tmp_path, raw):
     assert float(report["s_big"]["brain_volume_ml"]) > 200
     assert [r["case_id"] for r in read_csv(folder / "manifest.csv")] == ["s_good"]
     assert sorted(p.name for p in (folder / "imagesTr").iterdir()) == ["s_good_0000.nii.gz"]
-    assert json.loads((folder / "dataset.json").read_text())["numTraining"] == 1
+    assert json.loads((folder / "dataset.json").read_text(encoding="utf-8"))["numTraining"] == 1
 
 
 def test_user_masks_matched_by_case_name(tmp_path, raw):
@@ -150,11 +150,11 @@ def test_existing_dataset_kept_without_force_and_replaced_with_it(tmp_path, raw,
     args = ["prepare-ssl", "-i", str(src), "-d", "603", "-n", "Again", "--no-progress", *PHANTOM_ML]
     assert main(args) == 0
     folder = raw / "Dataset603_Again"
-    (folder / "marker").write_text("mine")
+    (folder / "marker").write_text("mine", encoding="utf-8")
 
     assert main(args) == 2
     assert "--force" in capsys.readouterr().err
-    assert (folder / "marker").read_text() == "mine"
+    assert (folder / "marker").read_text(encoding="utf-8") == "mine"
 
     assert main(args + ["--force"]) == 0
     assert not (folder / "marker").exists() and (folder / "imagesTr" / "in_a_0000.nii.gz").is_file()

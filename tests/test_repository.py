@@ -7,13 +7,13 @@ from conftest import REPO, bin_path
 
 
 def _readme_commands():
-    return re.findall(r"```bash\n(.+?)\n```", (REPO / "README.md").read_text())
+    return re.findall(r"```bash\n(.+?)\n```", (REPO / "README.md").read_text(encoding="utf-8"))
 
 
 def test_ci_runs_the_readme_test_command():
     test_cmd = [c for c in _readme_commands() if "pytest" in c]
     assert len(test_cmd) == 1
-    ci_lines = [line for line in (REPO / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
+    ci_lines = [line for line in (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")]
     assert test_cmd[0] in ci_lines
 
 
@@ -54,6 +54,6 @@ def test_settings_reference_lists_every_setting():
 
     from nnunet_ssl.desd.settings import DeSDSettings
 
-    doc = (REPO / "docs" / "pretraining.md").read_text()
+    doc = (REPO / "docs" / "pretraining.md").read_text(encoding="utf-8")
     for f in dataclasses.fields(DeSDSettings):
         assert f"| `{f.name}` | " in doc, f.name

@@ -65,7 +65,7 @@ def _write_dataset(raw, dataset_id=700, n_per_source=10):
             truth[case] = side
     generate_dataset_json(str(folder), {0: "CT"}, {"background": 0, "lesion": 1}, len(rows), ".nii.gz",
                           dataset_name=folder.name)
-    with open(folder / "manifest.csv", "w", newline="") as f:
+    with open(folder / "manifest.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, ["case_id", "source"])
         w.writeheader()
         w.writerows(rows)
@@ -89,9 +89,9 @@ def env(lesion_dataset, tmp_path, monkeypatch):
 
 
 def _read(out):
-    splits = json.loads((out / "splits_final.json").read_text())
-    test = json.loads((out / "splits_test.json").read_text())
-    with open(out / "splits_strata.csv", newline="") as f:
+    splits = json.loads((out / "splits_final.json").read_text(encoding="utf-8"))
+    test = json.loads((out / "splits_test.json").read_text(encoding="utf-8"))
+    with open(out / "splits_strata.csv", newline="", encoding="utf-8") as f:
         strata = {r["case_id"]: r for r in csv.DictReader(f)}
     return splits, test, strata
 
@@ -118,27 +118,27 @@ def test_split_per_source_with_test_held_out(env, capsys):
 
 def test_seed_reproducible_and_refuses_overwrite(env, capsys):
     assert main(["split", "-d", "700", "--seed", "1", "--no-progress"]) == 0
-    first = (env["out"] / "splits_final.json").read_text()
+    first = (env["out"] / "splits_final.json").read_text(encoding="utf-8")
     assert main(["split", "-d", "700", "--seed", "2", "--no-progress"]) == 2
     assert "splits_final.json exists; pass --force" in capsys.readouterr().err
-    assert (env["out"] / "splits_final.json").read_text() == first
+    assert (env["out"] / "splits_final.json").read_text(encoding="utf-8") == first
     assert main(["split", "-d", "700", "--seed", "1", "--no-progress", "--force"]) == 0
-    assert (env["out"] / "splits_final.json").read_text() == first
+    assert (env["out"] / "splits_final.json").read_text(encoding="utf-8") == first
     assert main(["split", "-d", "700", "--seed", "2", "--no-progress", "--force"]) == 0
-    assert (env["out"] / "splits_final.json").read_text() != first
+    assert (env["out"] / "splits_final.json").read_text(encoding="utf-8") != first
 
 
 def test_sources_csv_and_its_errors(env, tmp_path, capsys):
     sources = tmp_path / "sources.csv"
-    sources.write_text("case_id,source\n" + "".join(f"{c},one\n" for c in env["truth"]))
+    sources.write_text("case_id,source\n" + "".join(f"{c},one\n" for c in env["truth"]), encoding="utf-8")
     assert main(["split", "-d", "700", "--sources", str(sources), "--no-progress"]) == 0
     _, _, strata = _read(env["out"])
     assert Counter(r["subset"] for r in strata.values()) == {"train": 14, "val": 4, "test": 2}
 
-    sources.write_text("case_id,source\nsiteA_00,one\n")
+    sources.write_text("case_id,source\nsiteA_00,one\n", encoding="utf-8")
     assert main(["split", "-d", "700", "--sources", str(sources), "--no-progress", "--force"]) == 2
     assert "have no source in" in capsys.readouterr().err
-    sources.write_text("name,centre\n")
+    sources.write_text("name,centre\n", encoding="utf-8")
     assert main(["split", "-d", "700", "--sources", str(sources), "--no-progress", "--force"]) == 2
     assert "needs the columns case_id and source" in capsys.readouterr().err
     assert main(["split", "-d", "700", "--test-fraction", "0.5", "--val-fraction", "0.6", "--force"]) == 2

@@ -12,7 +12,7 @@ from nnunet_ssl.desd.trainer import nnUNetTrainerDeSD
 
 def _plans_and_json(root):
     folder = root / "preprocessed" / "Dataset501_Tiny"
-    return json.loads((folder / "nnUNetPlans.json").read_text()), json.loads((folder / "dataset.json").read_text())
+    return json.loads((folder / "nnUNetPlans.json").read_text(encoding="utf-8")), json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
 
 
 def _trainer(root, configuration="3d_fullres", fold=1, plans=None):
@@ -46,7 +46,7 @@ def test_settings_come_from_the_plans_and_are_logged(nnunet_env):
     trainer.initialize()
     assert trainer.network.center.shape == (1, 256)
     assert len(trainer.network.student.heads) == len(trainer.network.student.encoder.stages)
-    log = open(trainer.log_file).read()
+    log = open(trainer.log_file, encoding="utf-8").read()
     assert '"out_dim": 256' in log and '"view_size": [' in log
 
 
@@ -127,7 +127,7 @@ def test_collapse_guard_warns_and_stops(nnunet_env):
     trainer = _trainer(nnunet_env["root"], "3d_collapse", fold=3, plans=plans)
     with pytest.raises(CollapseError, match="one-hot"):
         trainer.run_training()
-    assert "WARNING: representation collapse" in open(trainer.log_file).read()
+    assert "WARNING: representation collapse" in open(trainer.log_file, encoding="utf-8").read()
     assert trainer.current_epoch == 0  # stopped after the first epoch
     import os
     assert os.path.isfile(os.path.join(trainer.output_folder, "checkpoint_latest.pth"))

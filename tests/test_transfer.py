@@ -45,11 +45,11 @@ def test_wrapper_prefixes_are_stripped(ssl_run, tmp_path):
 
 def test_refuses_other_encoder_with_first_key_and_shapes(ssl_run, nnunet_env, tmp_path):
     pre = nnunet_env["root"] / "preprocessed" / "Dataset501_Tiny"
-    plans = json.loads((pre / "nnUNetPlans.json").read_text())
+    plans = json.loads((pre / "nnUNetPlans.json").read_text(encoding="utf-8"))
     arch = plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]
     arch["features_per_stage"] = [2 * f for f in arch["features_per_stage"]]
     plans["plans_name"] = "WidePlans"
-    (pre / "WidePlans.json").write_text(json.dumps(plans))
+    (pre / "WidePlans.json").write_text(json.dumps(plans), encoding="utf-8")
     with pytest.raises(UserError, match=r"shape mismatch at encoder\.stages\.0\.0\.convs\.0\.conv\.weight: "
                                         r"SSL checkpoint \(4, 1, 3, 3, 3\), target network \(8, 1, 3, 3, 3\)"):
         transfer(ssl_run["checkpoint"], 501, tmp_path / "x.pth", plans="WidePlans")
@@ -109,12 +109,12 @@ def _two_channel_dataset(root, dataset_id=591):
     name = f"Dataset{dataset_id}_TwoChannels"
     dst = root / "preprocessed" / name
     dst.mkdir(exist_ok=True)
-    plans = json.loads((src / "nnUNetPlans.json").read_text())
+    plans = json.loads((src / "nnUNetPlans.json").read_text(encoding="utf-8"))
     plans["dataset_name"] = name
-    (dst / "nnUNetPlans.json").write_text(json.dumps(plans))
-    dataset = json.loads((src / "dataset.json").read_text())
+    (dst / "nnUNetPlans.json").write_text(json.dumps(plans), encoding="utf-8")
+    dataset = json.loads((src / "dataset.json").read_text(encoding="utf-8"))
     dataset["channel_names"] = {"0": "CT", "1": "difference"}
-    (dst / "dataset.json").write_text(json.dumps(dataset))
+    (dst / "dataset.json").write_text(json.dumps(dataset), encoding="utf-8")
     return dataset_id
 
 
@@ -178,11 +178,11 @@ def test_two_channel_encoder_into_one_channel_network_and_cli_flag(ssl_run, nnun
     torch.testing.assert_close(got, one.sum(1, keepdim=True))  # mean * 2 / 1 = sum: same response to CT in both
     # a real topology difference stays an error whatever the rule
     pre = nnunet_env["root"] / "preprocessed" / "Dataset501_Tiny"
-    plans = json.loads((pre / "nnUNetPlans.json").read_text())
+    plans = json.loads((pre / "nnUNetPlans.json").read_text(encoding="utf-8"))
     kernels = plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["kernel_sizes"]
     kernels[-1] = [1, 3, 3]
     plans["plans_name"] = "OtherKernelPlans"
-    (pre / "OtherKernelPlans.json").write_text(json.dumps(plans))
+    (pre / "OtherKernelPlans.json").write_text(json.dumps(plans), encoding="utf-8")
     capsys.readouterr()
     assert transfer_main([str(two), "-d", "501", "-o", str(tmp_path / "k.pth"), "-p", "OtherKernelPlans",
                           "--in-channels-rule", "zero"]) == 2
@@ -228,12 +228,12 @@ def test_foreign_checkpoint_with_adaptation_plan_is_accepted_when_the_encoder_ma
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
     pre = nnunet_env["root"] / "preprocessed" / "Dataset501_Tiny"
-    plans = json.loads((pre / "nnUNetPlans.json").read_text())
+    plans = json.loads((pre / "nnUNetPlans.json").read_text(encoding="utf-8"))
     arch = plans["configurations"]["3d_fullres"]["architecture"]
     arch["network_class_name"] = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
     arch["arch_kwargs"]["n_blocks_per_stage"] = arch["arch_kwargs"].pop("n_conv_per_stage")
     plans["plans_name"] = "ResEncTinyPlans"
-    (pre / "ResEncTinyPlans.json").write_text(json.dumps(plans))
+    (pre / "ResEncTinyPlans.json").write_text(json.dumps(plans), encoding="utf-8")
 
     torch.manual_seed(3)
     source = get_network_from_plans(arch["network_class_name"], arch["arch_kwargs"], arch["_kw_requires_import"],
@@ -266,7 +266,7 @@ def test_foreign_checkpoint_with_adaptation_plan_is_accepted_when_the_encoder_ma
 def test_adaptation_plan_keys_follow_the_architecture(nnunet_env):
     from nnunet_ssl.checkpoint import nnssl_adaptation_plan
 
-    plans = json.loads((nnunet_env["root"] / "preprocessed" / "Dataset501_Tiny" / "nnUNetPlans.json").read_text())
+    plans = json.loads((nnunet_env["root"] / "preprocessed" / "Dataset501_Tiny" / "nnUNetPlans.json").read_text(encoding="utf-8"))
     arch = plans["configurations"]["3d_fullres"]["architecture"]
     arch["network_class_name"] = "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet"
     arch["arch_kwargs"]["n_blocks_per_stage"] = arch["arch_kwargs"].pop("n_conv_per_stage")

@@ -95,7 +95,7 @@ def process_one(case: str, ct: Path, label: Path | None, mri: Path | None, out_d
     if row["status"] == "ok":
         meta = {k: v for k, v in row.items() if k not in ("status", "reason")}
         outputs[-1].parent.mkdir(parents=True, exist_ok=True)
-        outputs[-1].write_text(json.dumps(meta, indent=1))
+        outputs[-1].write_text(json.dumps(meta, indent=1), encoding="utf-8")
     else:
         _remove(outputs)  # leave no half-written case behind for nnU-Net to find
     return row
@@ -113,13 +113,13 @@ def _check_folders(input_dir: Path, output_dir: Path, others: list[Path]) -> Non
 def _check_config(output_dir: Path, settings: dict, overwrite: bool) -> None:
     path = output_dir / CONFIG_NAME
     if path.exists() and not overwrite:
-        old = json.loads(path.read_text())
+        old = json.loads(path.read_text(encoding="utf-8"))
         if old != settings:
             changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
             raise UserError(f"{output_dir} was made with other settings ({', '.join(changed)} differ); "
                             "use --overwrite to redo it, or another output folder")
     output_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(settings, indent=1))
+    path.write_text(json.dumps(settings, indent=1), encoding="utf-8")
 
 
 def run_dataset(input_dir: Path | str, output_dir: Path | str, config: PreprocessConfig = PreprocessConfig(),
@@ -177,7 +177,7 @@ def run_dataset(input_dir: Path | str, output_dir: Path | str, config: Preproces
             rows.append({"case": case, "status": "failed",
                          "reason": f"no {' and no '.join(missing)} file with this case id"})
         elif not overwrite and all(p.exists() for p in done):
-            meta = json.loads(done[-1].read_text())
+            meta = json.loads(done[-1].read_text(encoding="utf-8"))
             rows.append({**meta, "status": "skipped", "reason": "outputs exist (use --overwrite to redo)"})
         else:
             tasks.append((case, ct, labels[case] if labels else None, mris[case] if mris else None))
@@ -207,7 +207,7 @@ def run_dataset(input_dir: Path | str, output_dir: Path | str, config: Preproces
 
 def write_report(path: Path, rows: list[dict]) -> None:
     """Write the per-case CSV report (columns :data:`REPORT_COLUMNS`)."""
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, REPORT_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
@@ -236,5 +236,5 @@ def write_dataset_json(output_dir: Path, config: PreprocessConfig, rows: list[di
                        f"spacing {list(config.spacing)} mm, clip {list(config.clip)} HU)"
                        + ("" if label_name else "; no labels (imagesTr only)"),
     }
-    (output_dir / "dataset.json").write_text(json.dumps(info, indent=2))
+    (output_dir / "dataset.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
     return info

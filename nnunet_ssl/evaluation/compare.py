@@ -79,7 +79,7 @@ def load_run(path: Path, name: str) -> Run:
     summary = csv_path.parent / SUMMARY_FILE
     if summary.is_file():
         try:
-            settings = json.loads(summary.read_text()).get("settings", {})
+            settings = json.loads(summary.read_text(encoding="utf-8")).get("settings", {})
         except (json.JSONDecodeError, AttributeError):
             settings = {}
     return Run(name=name, path=csv_path, values=values, settings=settings)

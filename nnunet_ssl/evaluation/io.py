@@ -136,12 +136,12 @@ def _clean(value: Any) -> Any:
 
 def write_json(path: Path, data: dict) -> None:
     """Write ``data`` as indented JSON with NaN and infinity written as ``null``."""
-    Path(path).write_text(json.dumps(_clean(data), indent=2) + "\n")
+    Path(path).write_text(json.dumps(_clean(data), indent=2) + "\n", encoding="utf-8")
 
 
 def write_csv(path: Path, rows: Iterable[dict], columns: Sequence[str]) -> None:
     """Write rows as CSV; floats with 8 significant digits, NaN as an empty cell."""
-    with open(path, "w", newline="") as f:
+    with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(columns))
         writer.writeheader()
         for row in rows:
@@ -156,5 +156,5 @@ def _format(value: Any) -> Any:
 
 def read_csv(path: Path) -> list[dict[str, str]]:
     """Rows of a CSV file as dictionaries of strings."""
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         return list(csv.DictReader(f))

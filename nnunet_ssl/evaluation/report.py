@@ -190,6 +190,6 @@ def write_report(comp: Comparison, out_dir: Path) -> dict[str, Path]:
     io.write_csv(out_dir / TESTS_FILE, comp.tests,
                  ["label", "metric", "run_a", "run_b", "n", "mean_diff", "median_diff", "p_shapiro",
                   "w_statistic", "p_wilcoxon", "p_holm", "rank_biserial", "mark"])
-    (out_dir / REPORT_FILE).write_text(markdown(comp, figures))
+    (out_dir / REPORT_FILE).write_text(markdown(comp, figures), encoding="utf-8")
     return {"report": out_dir / REPORT_FILE, "table": out_dir / TABLE_FILE, "tests": out_dir / TESTS_FILE,
             **{p.stem: p for paths in figures.values() for p in paths}}
