@@ -172,6 +172,28 @@ def test_heads_equal_plain_head_loop_forward_and_gradients(tiny_unet):
     torch.testing.assert_close(net.teacher(x), _reference_head(ref.teacher.head, ref.teacher.encoder(x).flatten(2).mean(2)))
 
 
+def test_stages_are_pooled_in_the_encoder_forward_or_afterwards(tiny_unet):
+    net = _network(tiny_unet)
+    x = _views()[0]
+    stages = net.student.encoder(x)
+    want = [f.flatten(2).mean(2) for f in stages]
+    for got, w in zip(net.student.pooled_stages(x), want):
+        torch.testing.assert_close(got, w)
+    assert not net.student.encoder.stages[0]._forward_hooks  # the hooks are removed again
+
+    class Copying(torch.nn.Module):  # returns copies, not the stages' own outputs: pooled afterwards
+        def __init__(self, encoder):
+            super().__init__()
+            self.stages, self.inner = encoder.stages, encoder
+
+        def forward(self, x):
+            return [f.clone() for f in self.inner(x)]
+
+    net.student.encoder = Copying(net.student.encoder)
+    for got, w in zip(net.student.pooled_stages(x), want):
+        torch.testing.assert_close(got, w)
+
+
 def test_shared_last_layer_is_one_parameter_and_equals_the_loop(tiny_unet):
     net = _network(tiny_unet, shared=True)
     heads = net.student.heads

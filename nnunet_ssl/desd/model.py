@@ -34,11 +34,33 @@ class Student(nn.Module):
         """Whether every head uses one and the same last layer (``shared_last_layer``)."""
         return len(self.heads) > 1 and all(h.last_layer is self.heads[0].last_layer for h in self.heads)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        stages = self.encoder(x)
+    def pooled_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder's stage outputs, each global-average-pooled as soon as its stage produced it.
+
+        Pooling inside the encoder's forward (a forward hook per stage) puts the pooling's
+        backward after the next stage's in autograd's order, so the next stage's dense
+        gradient for a feature map arrives first and the pooling's broadcast gradient is
+        added to it in place, instead of both being summed into a new full-size tensor.
+        Encoders whose returned stages are not the outputs of ``encoder.stages`` are pooled
+        afterwards.
+        """
+        seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+        handles = [s.register_forward_hook(lambda m, i, out: seen.append((out, global_average_pool(out))))
+                   for s in getattr(self.encoder, "stages", [])]
+        try:
+            stages = self.encoder(x)
+        finally:
+            for handle in handles:
+                handle.remove()
         if len(stages) != len(self.heads):
             raise RuntimeError(f"encoder returned {len(stages)} stages for {len(self.heads)} heads")
-        z = [F.normalize(h.embed(global_average_pool(f)), dim=-1) for h, f in zip(self.heads, stages)]
+        if len(seen) == len(stages) and all(out is f for (out, _), f in zip(seen, stages)):
+            return [pooled for _, pooled in seen]
+        return [global_average_pool(f) for f in stages]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = self.pooled_stages(x)
+        z = [F.normalize(h.embed(p), dim=-1) for h, p in zip(self.heads, pooled)]
         if self.shares_last_layer:  # one pass over the shared prototypes for all heads
             return self.heads[0].prototypes(torch.cat(z)).view(len(z), z[0].shape[0], -1)
         return torch.stack([h.prototypes(e) for h, e in zip(self.heads, z)])

@@ -58,7 +58,7 @@ from nnunet_ssl.desd.monitor import CollapseError, collapse_reason, teacher_rank
 from nnunet_ssl.desd.progress import SSLLocalLogger
 from nnunet_ssl.desd.schedules import cosine_schedule, teacher_temperature_schedule
 from nnunet_ssl.desd.settings import DeSDSettings
-from nnunet_ssl.desd.step import StepSchedule, forward_views, parameter_groups, train_step
+from nnunet_ssl.desd.step import StepSchedule, forward_views, make_optimizer, train_step
 from nnunet_ssl.desd.views import ViewPairLoader
 
 
@@ -119,13 +119,13 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
             raise RuntimeError(f"{type(unet).__name__} has no `encoder` with per-stage `output_channels`; "
                                "DeSD needs a dynamic-network-architectures U-Net")
         network = DeSDNetwork(encoder, list(encoder.output_channels), s.out_dim, s.hidden_dim,
-                              s.bottleneck_dim, s.use_bn_in_head)
+                              s.bottleneck_dim, s.use_bn_in_head, shared_last_layer=s.shared_last_layer)
         if self.is_ddp:
             network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(network)
         self.network = network.to(self.device)
         self.student = DDP(self.network.student, device_ids=[self.local_rank]) if self.is_ddp \
             else self.network.student
-        self.optimizer = torch.optim.AdamW(parameter_groups(self.network.student), lr=0.0, weight_decay=0.0)
+        self.optimizer = make_optimizer(self.network.student)
         self.lr_scheduler = None
         self._build_schedules()
         self.loss = None
