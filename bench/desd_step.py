@@ -245,9 +245,12 @@ def main() -> None:
           f"device {args.device}, AMP {first['amp']}, AdamW {args.optimizer}"
           f"{', ' + ', '.join(variant) if variant else ''}; median of {args.steps} steps after {args.warmup}"
           f"{f', median over {args.rounds} rounds' if args.rounds > 1 else ''}")
-    print(f"{'workload':<10} {'step s':>9} {'peak MiB':>10}  ({first['peak_kind']})")
+    print(f"{'workload':<10} {'step s':>9} {'views/s':>9} {'peak MiB':>10}  ({first['peak_kind']}; "
+          f"views: 2 per sample for desd and bare, 1 patch per sample for finetune)")
     for w in workloads:
-        print(f"{w:<10} {med(r[w]['median_s'] for r in rounds):>9.3f} {med(r[w]['peak_mb'] for r in rounds):>10.0f}")
+        step_s = med(r[w]["median_s"] for r in rounds)
+        views = args.batch * (1 if w == "finetune" else 2)
+        print(f"{w:<10} {step_s:>9.3f} {views / step_s:>9.2f} {med(r[w]['peak_mb'] for r in rounds):>10.0f}")
     for other, label in (("bare", "bare encoder work"), ("finetune", "fine-tuning step")):
         if "desd" in workloads and other in workloads:
             t = med(r["desd"]["median_s"] / r[other]["median_s"] for r in rounds)
