@@ -14,7 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_ssl.ct.io import CaseError
-from nnunet_ssl.ct.resample import resample_like, resample_to_spacing
+from nnunet_ssl.ct.resample import resample_like, resample_to_spacing, run_registration
 
 
 @dataclass
@@ -85,21 +85,12 @@ def register_mri_to_ct(mri: sitk.Image, ct: sitk.Image, ct_mask: sitk.Image, wor
         reg.SetMetricFixedMask(fmask)
         reg.SetMetricSamplingStrategy(reg.RANDOM)
         reg.SetMetricSamplingPercentage(sampling, seed)
-        reg.SetInterpolator(sitk.sitkLinear)
         reg.SetOptimizerAsRegularStepGradientDescent(
             learningRate=2.0, minStep=0.001, numberOfIterations=200, relaxationFactor=0.8)
-        reg.SetOptimizerScalesFromPhysicalShift()
-        reg.SetShrinkFactorsPerLevel(shrink)
-        reg.SetSmoothingSigmasPerLevel([float(s) for s in shrink])
-        reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
-        reg.SetInitialTransform(initial, inPlace=False)
-        try:
-            out = reg.Execute(fixed, moving)
-        except RuntimeError as e:
-            raise CaseError(f"MRI to CT registration failed: {str(e).strip().splitlines()[-1]}") from None
+        out, metric = run_registration(reg, fixed, moving, initial, shrink, "MRI to CT registration")
         if out.GetName() == "CompositeTransform":
             out = sitk.CompositeTransform(out).GetNthTransform(0)
-        return out, float(reg.GetMetricValue())
+        return out, metric
 
     rigid = sitk.Euler3DTransform()
     rigid.SetCenter([float(v) for v in c_ct])

@@ -13,6 +13,8 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from nnunet_ssl.ct.io import CaseError
+
 AIR_HU = -1024.0
 
 
@@ -95,3 +97,25 @@ def resample_like(image: sitk.Image, reference: sitk.Image, transform: sitk.Tran
     pixel = image.GetPixelID() if is_mask else sitk.sitkFloat32
     return sitk.Resample(image, reference, transform or sitk.Transform(), interpolator,
                          float(default_value), pixel)
+
+
+def run_registration(reg: sitk.ImageRegistrationMethod, fixed: sitk.Image, moving: sitk.Image,
+                     initial: sitk.Transform, levels: Sequence[int], what: str) -> tuple[sitk.Transform, float]:
+    """Finish setting up ``reg`` (metric, mask, sampling and optimiser already set) and run it.
+
+    Multi-resolution with ``levels`` as shrink factors and the same values as smoothing
+    sigmas in voxels, linear interpolation, optimiser scales from physical shifts, the
+    initial transform copied. A failure raises :class:`~nnunet_ssl.ct.io.CaseError`
+    naming ``what``. Returns the transform and the final metric value.
+    """
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetOptimizerScalesFromPhysicalShift()
+    reg.SetShrinkFactorsPerLevel([int(f) for f in levels])
+    reg.SetSmoothingSigmasPerLevel([float(f) for f in levels])
+    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
+    reg.SetInitialTransform(initial, inPlace=False)
+    try:
+        out = reg.Execute(fixed, moving)
+    except RuntimeError as e:
+        raise CaseError(f"{what} failed: {str(e).strip().splitlines()[-1]}") from None
+    return out, float(reg.GetMetricValue())

@@ -21,7 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_ssl.ct.io import CaseError
-from nnunet_ssl.ct.resample import resample_like, resample_to_spacing, target_grid
+from nnunet_ssl.ct.resample import resample_like, resample_to_spacing, run_registration, target_grid
 
 
 @dataclass
@@ -233,20 +233,10 @@ def contralateral_image(image: sitk.Image, mask: sitk.Image, transform: str = "r
         reg.SetMetricFixedMask(work_mask)
         reg.SetMetricSamplingStrategy(reg.RANDOM)
         reg.SetMetricSamplingPercentage(s.sampling, s.seed)
-        reg.SetInterpolator(sitk.sitkLinear)
         reg.SetOptimizerAsRegularStepGradientDescent(
             learningRate=s.learning_rate, minStep=s.min_step, numberOfIterations=s.iterations,
             relaxationFactor=s.relaxation, gradientMagnitudeTolerance=1e-8)
-        reg.SetOptimizerScalesFromPhysicalShift()
-        reg.SetShrinkFactorsPerLevel([int(f) for f in levels])
-        reg.SetSmoothingSigmasPerLevel([float(f) for f in levels])
-        reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
-        reg.SetInitialTransform(initial, inPlace=False)
-        try:
-            out = reg.Execute(work, flipped)
-        except RuntimeError as e:
-            raise CaseError(f"mirror registration failed: {str(e).strip().splitlines()[-1]}") from None
-        return out, float(reg.GetMetricValue())
+        return run_registration(reg, work, flipped, initial, levels, "mirror registration")
 
     rigid = sitk.Euler3DTransform()
     rigid.SetCenter([float(c) for c in centre])
