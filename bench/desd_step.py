@@ -88,16 +88,13 @@ def worker(args) -> dict:
     views = [torch.randn(b, 1, *cfg["view"], device=device) for _ in range(2)]
     settings = DeSDSettings(out_dim=args.out_dim or cfg["out_dim"], batch_size=b, view_size=tuple(cfg["view"]),
                             view_sampling="region")  # views are random tensors here
-    if args.hidden_dim:
-        settings = settings.replace(hidden_dim=args.hidden_dim)
-    if args.no_in_backward:
-        settings = _Override(settings, head_update_in_backward=False)
+    settings = settings.replace(hidden_dim=args.hidden_dim or settings.hidden_dim,
+                                head_update_in_backward=not args.no_in_backward,
+                                shared_last_layer=args.shared_last_layer)
 
     if args.workload in ("desd", "bare"):
         encoder = build_unet(cfg, False).encoder
-        extra = {"shared_last_layer": True} if args.shared_last_layer else {}
-        net = DeSDNetwork(encoder, encoder.output_channels, settings.out_dim, settings.hidden_dim,
-                          settings.bottleneck_dim, settings.use_bn_in_head, **extra).to(device)
+        net = DeSDNetwork.from_settings(encoder, settings).to(device)
         kind = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[args.optimizer]
         opt = torch.optim.AdamW(parameter_groups(net.student if args.workload == "desd" else net.student.encoder),
                                 **kind)
@@ -180,16 +177,6 @@ def worker(args) -> dict:
         peak_kind = "peak RSS above the RSS after imports"
     return {"workload": args.workload, "median_s": statistics.median(times), "peak_mb": peak_mb,
             "peak_kind": peak_kind, "amp": use_amp}
-
-
-class _Override:
-    """Settings with some values replaced, including names DeSDSettings may not (yet) have."""
-
-    def __init__(self, base, **changes):
-        self._base, self._changes = base, changes
-
-    def __getattr__(self, name):
-        return self._changes[name] if name in self._changes else getattr(self._base, name)
 
 
 def main() -> None:

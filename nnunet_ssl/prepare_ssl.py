@@ -324,7 +324,7 @@ def prepare_ssl_dataset(inputs: Sequence[str], dataset_id: int, name: str, raw_f
         UserError: Bad arguments, an existing dataset without ``force``, or no usable case.
 
     Example:
-        >>> prepare_ssl_dataset(["/data/centre1", "/data/centre2"], 500, "HeadCT")  # doctest: +SKIP
+        >>> prepare_ssl_dataset(["centre1", "centre2"], 500, "HeadCT")  # doctest: +SKIP
     """
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 

@@ -26,16 +26,6 @@ F64 = torch.float64
 PARAM_ATOL = 1e-6
 
 
-class _Override:
-    """Settings with some values replaced (including names the settings may not have yet)."""
-
-    def __init__(self, base, **changes):
-        self._base, self._changes = base, changes
-
-    def __getattr__(self, name):
-        return self._changes[name] if name in self._changes else getattr(self._base, name)
-
-
 def _reference_head(head: ProjectionHead, x: torch.Tensor) -> torch.Tensor:
     for layer in head.mlp:  # plain F.linear for the linear layers, the modules themselves otherwise
         x = F.linear(x, layer.weight, layer.bias) if isinstance(layer, torch.nn.Linear) else layer(x)
@@ -312,7 +302,7 @@ def test_in_backward_and_dense_paths_agree(tiny_unet):
     a = _network(tiny_unet)
     b = copy.deepcopy(a)
     opt_a, opt_b = make_optimizer(a.student), make_optimizer(b.student)
-    dense = _Override(settings, head_update_in_backward=False)
+    dense = settings.replace(head_update_in_backward=False)
     for i in range(3):
         schedule = StepSchedule(lr=1e-3, weight_decay=0.04, momentum=0.99, teacher_temp=0.04,
                                 freeze_last_layer=i == 0)

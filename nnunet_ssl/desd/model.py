@@ -108,6 +108,13 @@ class DeSDNetwork(nn.Module):
         self.teacher = Teacher(teacher_encoder, teacher_head)
         self.register_buffer("center", torch.zeros(1, out_dim))
 
+    @classmethod
+    def from_settings(cls, encoder: nn.Module, settings) -> "DeSDNetwork":
+        """The model for ``encoder`` (a dynamic-network-architectures encoder) with the heads
+        :class:`~nnunet_ssl.desd.settings.DeSDSettings` describe."""
+        return cls(encoder, list(encoder.output_channels), settings.out_dim, settings.hidden_dim,
+                   settings.bottleneck_dim, settings.use_bn_in_head, settings.shared_last_layer)
+
     def teacher_pairs(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """Matching (teacher, student) parameter lists: teacher encoder and head vs. student
         encoder and last-stage head."""

@@ -85,7 +85,7 @@ def train_step(network: DeSDNetwork, student: torch.nn.Module, optimizer: torch.
     optimizer.zero_grad(set_to_none=True)
     heads = network.student.heads
     hooked = [m for m in heads.modules() if hasattr(m, "weight_update")]
-    in_backward = (getattr(settings, "head_update_in_backward", True) and grad_scaler is None
+    in_backward = (settings.head_update_in_backward and grad_scaler is None
                    and not isinstance(student, DistributedDataParallel)
                    and supports_in_backward_update(optimizer, [_hooked_weight(m) for m in hooked]))
     if in_backward:

@@ -118,8 +118,7 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
         if encoder is None or not hasattr(encoder, "output_channels"):
             raise RuntimeError(f"{type(unet).__name__} has no `encoder` with per-stage `output_channels`; "
                                "DeSD needs a dynamic-network-architectures U-Net")
-        network = DeSDNetwork(encoder, list(encoder.output_channels), s.out_dim, s.hidden_dim,
-                              s.bottleneck_dim, s.use_bn_in_head, shared_last_layer=s.shared_last_layer)
+        network = DeSDNetwork.from_settings(encoder, s)
         if self.is_ddp:
             network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(network)
         self.network = network.to(self.device)
