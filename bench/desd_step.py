@@ -19,15 +19,24 @@ after ``--warmup`` steps. With ``--rounds R`` the workloads run R times, alterna
 and the ratios are the medians of the per-round ratios: on a shared machine this keeps
 a burst of load from landing on one workload only.
 
+On the CPU, glibc's allocator hands large blocks back to the system when they are freed
+and the next step faults them in again, page by page: in the paper configuration that is
+most of a step's system time, in every workload (the ``faults/step`` and ``sys s/step``
+columns). ``--keep-freed-memory`` runs the workloads with glibc told to keep freed memory
+(``MALLOC_MMAP_MAX_=0``, a trim threshold above any heap), which measures the computation
+without that cost; it applies to all workloads alike.
+
 Usage::
 
     python bench/desd_step.py --config tiny
     python bench/desd_step.py --config paper --steps 5 --rounds 3 --workloads bare,desd
+    python bench/desd_step.py --config paper --steps 5 --rounds 2 --workloads bare,desd --keep-freed-memory
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -163,11 +172,17 @@ def worker(args) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times = []
+    usage_before = resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(args.steps):
         t = time.perf_counter()
         step()
         sync()
         times.append(time.perf_counter() - t)
+    usage_after = resource.getrusage(resource.RUSAGE_SELF)
+    # page faults of fresh memory (glibc returning heap memory to the system and taking it back)
+    # vary from process to process and cost system time: printed so that a noisy round shows
+    faults = (usage_after.ru_minflt - usage_before.ru_minflt) / args.steps
+    sys_s = (usage_after.ru_stime - usage_before.ru_stime) / args.steps
     if device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
         peak_kind = "CUDA max allocated"
@@ -176,7 +191,7 @@ def worker(args) -> dict:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_after_imports
         peak_kind = "peak RSS above the RSS after imports"
     return {"workload": args.workload, "median_s": statistics.median(times), "peak_mb": peak_mb,
-            "peak_kind": peak_kind, "amp": use_amp}
+            "peak_kind": peak_kind, "amp": use_amp, "faults": faults, "sys_s": sys_s}
 
 
 def main() -> None:
@@ -196,6 +211,8 @@ def main() -> None:
     p.add_argument("--shared-last-layer", action="store_true", help="opt-in: one last layer for all heads")
     p.add_argument("--no-in-backward", action="store_true",
                    help="take the heads' last-layer AdamW step after the backward pass (dense gradients)")
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="run the workloads with glibc keeping freed memory (no page faults of reused memory)")
     p.add_argument("--workload", choices=["desd", "bare", "finetune"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.device is None:
@@ -213,31 +230,38 @@ def main() -> None:
             cmd = [sys.executable, __file__, "--workload", workload] + sys.argv[1:]
             if "--device" not in sys.argv:
                 cmd += ["--device", args.device]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            env = dict(os.environ)
+            if args.keep_freed_memory:
+                env.update(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(2**40))
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if proc.returncode != 0:
                 sys.exit(f"workload {workload} failed:\n{proc.stderr[-3000:]}")
             results[workload] = json.loads(proc.stdout.strip().splitlines()[-1])
         rounds.append(results)
         if args.rounds > 1:
-            print(f"round {r + 1}: " + ", ".join(f"{w} {res['median_s']:.3f} s {res['peak_mb']:.0f} MiB"
+            print(f"round {r + 1}: " + ", ".join(f"{w} {res['median_s']:.3f} s {res['peak_mb']:.0f} MiB "
+                                                   f"{res['faults']:.0f} faults/step"
                                                    for w, res in results.items()), flush=True)
     med = statistics.median
     cfg = CONFIGS[args.config]
     first = rounds[0][workloads[0]]
     variant = [v for v, on in (("shared last layer", args.shared_last_layer),
-                               ("no in-backward update", args.no_in_backward)) if on]
+                               ("no in-backward update", args.no_in_backward),
+                               ("glibc keeps freed memory", args.keep_freed_memory)) if on]
     print(f"config {args.config}: {len(cfg['features'])} stages {cfg['features'][0]}-{max(cfg['features'])} "
           f"features, views {cfg['view']}, K={args.out_dim or cfg['out_dim']}, "
           f"{f'head MLP width {args.hidden_dim}, ' if args.hidden_dim else ''}batch {args.batch}, "
           f"device {args.device}, AMP {first['amp']}, AdamW {args.optimizer}"
           f"{', ' + ', '.join(variant) if variant else ''}; median of {args.steps} steps after {args.warmup}"
           f"{f', median over {args.rounds} rounds' if args.rounds > 1 else ''}")
-    print(f"{'workload':<10} {'step s':>9} {'views/s':>9} {'peak MiB':>10}  ({first['peak_kind']}; "
+    print(f"{'workload':<10} {'step s':>9} {'views/s':>9} {'peak MiB':>10} {'faults/step':>12} {'sys s/step':>11}  "
+          f"({first['peak_kind']}; minor page faults and system time per timed step; "
           f"views: 2 per sample for desd and bare, 1 patch per sample for finetune)")
     for w in workloads:
         step_s = med(r[w]["median_s"] for r in rounds)
         views = args.batch * (1 if w == "finetune" else 2)
-        print(f"{w:<10} {step_s:>9.3f} {views / step_s:>9.2f} {med(r[w]['peak_mb'] for r in rounds):>10.0f}")
+        print(f"{w:<10} {step_s:>9.3f} {views / step_s:>9.2f} {med(r[w]['peak_mb'] for r in rounds):>10.0f} "
+              f"{med(r[w]['faults'] for r in rounds):>12.0f} {med(r[w]['sys_s'] for r in rounds):>11.3f}")
     for other, label in (("bare", "bare encoder work"), ("finetune", "fine-tuning step")):
         if "desd" in workloads and other in workloads:
             t = med(r["desd"]["median_s"] / r[other]["median_s"] for r in rounds)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from nnunet_ssl.desd import step as step_module
-from nnunet_ssl.desd.heads import HeadLinear, ProjectionHead, normalized_linear
+from nnunet_ssl.desd.heads import HeadLinear, ProjectionHead, few_rows_times, normalized_linear
 from nnunet_ssl.desd.model import DeSDNetwork, ema_update
 from nnunet_ssl.desd.settings import DeSDSettings
 from nnunet_ssl.desd.step import (InBackwardAdamW, StepSchedule, clip_per_parameter_, make_optimizer,
@@ -121,6 +121,24 @@ def test_factored_gradient_rows_and_norm():
     torch.testing.assert_close(seen["dense"], ref.grad)
     torch.testing.assert_close(seen["grad"].rows(7, 19), ref.grad[7:19])
     torch.testing.assert_close(seen["grad"].squared_norm(), ref.grad.square().sum())
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_few_rows_times_equals_the_plain_product(threads):
+    """Split into one column block per thread (widths 12 and 24 split for 2 and 3 threads, 7 never,
+    a transposed right-hand side never): always the product itself."""
+    g = torch.Generator().manual_seed(3)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for n, k, d in [(4, 10, 12), (1, 5, 24), (4, 6, 7), (80, 5, 12)]:
+            a = torch.randn(n, k, generator=g, dtype=F64)
+            b = torch.randn(k, d, generator=g, dtype=F64)
+            torch.testing.assert_close(few_rows_times(a, b), a @ b, rtol=0, atol=1e-12)
+            bt = torch.randn(d, k, generator=g, dtype=F64).t()
+            torch.testing.assert_close(few_rows_times(a, bt), a @ bt, rtol=0, atol=1e-12)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_head_linear_hands_over_the_low_rank_gradient_of_nn_linear():

@@ -1,14 +1,16 @@
 """Projection heads: pooled encoder features -> K logits (DINO's head).
 
 The heads hold most of DeSD's parameters: with K = 65536 the weight-normalised last
-layer alone has 16.8M per stage. Two things keep them cheap:
+layer alone has 16.8M per stage. Three things keep them cheap:
 
 * the last layer is computed by :func:`normalized_linear`, without building a
   normalised copy of its weights;
 * the weight gradient of every linear layer in a head is a rank-N matrix (N = rows of
   the batch), so it is kept factored (:class:`LowRankGrad`). During a training step an
   optimiser can then take its step inside the backward pass, block by block of rows,
-  without the gradient ever being materialised (see ``nnunet_ssl.desd.step``).
+  without the gradient ever being materialised (see ``nnunet_ssl.desd.step``);
+* the gradient sent back to each layer's input, a product with only N rows, is split
+  across threads on the CPU (:func:`few_rows_times`).
 """
 from __future__ import annotations
 
@@ -73,6 +75,31 @@ class LowRankGrad:
 
 WeightUpdate = Callable[[torch.Tensor, LowRankGrad], None]
 
+# products with at most this many rows are split across threads on the CPU (see few_rows_times)
+FEW_ROWS = 64
+
+
+def few_rows_times(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` for an ``a`` with a handful of rows (the heads' ``N`` samples).
+
+    On the CPU, MKL computes such a product (``(N, K) @ (K, D)`` with ``N`` around 4) on a
+    single thread. Viewing ``b`` as a batch of column blocks, one per thread, makes it a
+    ``bmm`` that MKL spreads over the threads; each output element is the same sum. Elsewhere
+    (CUDA, one thread, more rows, widths that do not split evenly) it is plain ``a @ b``.
+
+    Example:
+        >>> a, b = torch.randn(4, 6), torch.randn(6, 8)
+        >>> torch.allclose(few_rows_times(a, b), a @ b, atol=1e-6)
+        True
+    """
+    n, k = a.shape
+    d = b.shape[1]
+    parts = torch.get_num_threads()
+    if b.device.type != "cpu" or parts < 2 or n > FEW_ROWS or d % parts or b.stride(1) != 1:
+        return a @ b
+    blocks = b.view(k, parts, d // parts).permute(1, 0, 2)  # (parts, K, D / parts), no copy
+    return torch.bmm(a.expand(parts, n, k), blocks).permute(1, 0, 2).reshape(n, d)
+
 
 class _NormalizedLinear(torch.autograd.Function):
     @staticmethod
@@ -89,7 +116,7 @@ class _NormalizedLinear(torch.autograd.Function):
     def backward(ctx, grad):
         z, weight, inv_norms, sq_norms, dots = ctx.saved_tensors
         g = grad * inv_norms
-        grad_z = g @ weight if ctx.needs_input_grad[0] else None  # before any update of the weight
+        grad_z = few_rows_times(g, weight) if ctx.needs_input_grad[0] else None  # before any update of the weight
         if not ctx.needs_input_grad[1]:
             return grad_z, None, None
         unclamped = sq_norms.sqrt() > NORM_EPS
@@ -113,7 +140,7 @@ class _Linear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        grad_x = grad @ weight if ctx.needs_input_grad[0] else None
+        grad_x = few_rows_times(grad, weight) if ctx.needs_input_grad[0] else None
         grad_b = grad.sum(0) if ctx.needs_input_grad[2] else None
         if not ctx.needs_input_grad[1]:
             return grad_x, None, grad_b, None
