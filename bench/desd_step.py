@@ -11,13 +11,16 @@ Workloads (same network, batch and view size):
 * ``finetune``: one plain nnU-Net fine-tuning step of the whole U-Net on one patch
   per sample (deep supervision, Dice + cross-entropy, SGD with Nesterov momentum).
 
-Each workload runs in its own process so that its peak memory can be read: on CUDA
-``torch.cuda.max_memory_allocated``, on the CPU the growth of the peak resident set
-over the resident set after the imports (so the parameters, optimiser state and
-activations all count, the libraries do not). Times are medians over ``--steps`` steps
-after ``--warmup`` steps. With ``--rounds R`` the workloads run R times, alternating,
-and the ratios are the medians of the per-round ratios: on a shared machine this keeps
-a burst of load from landing on one workload only.
+Times come from one process that runs the workloads' steps in turn (``--warmup`` steps of
+each, then ``--steps`` timed steps of each, alternating), so that every workload sees the
+same machine: on a shared virtual machine the same work runs several per cent faster or
+slower from one process to the next, which would otherwise land in the ratios. The
+DeSD/bare time ratio is the median of the step-by-step ratios. Peak memory comes from one
+process per workload (``--warmup`` steps and one more): on CUDA
+``torch.cuda.max_memory_allocated``, on the CPU the growth of the peak resident set over the
+resident set after the imports (so the parameters, optimiser state and activations all
+count, the libraries do not). With ``--rounds R`` all of it runs R times and each figure is
+the median over the rounds.
 
 On the CPU, glibc's allocator hands large blocks back to the system when they are freed
 and the next step faults them in again, page by page: in the paper configuration that is
@@ -80,7 +83,8 @@ def _current_rss_mb() -> float:
     return pages * resource.getpagesize() / 2**20
 
 
-def worker(args) -> dict:
+def make_step(args, workload: str):
+    """The step function of ``workload`` on its own model and optimiser."""
     import torch
 
     from nnunet_ssl.desd.model import DeSDNetwork
@@ -88,8 +92,6 @@ def worker(args) -> dict:
     from nnunet_ssl.desd.step import StepSchedule, parameter_groups, train_step
 
     torch.manual_seed(0)
-
-    rss_after_imports = _current_rss_mb()
     cfg = CONFIGS[args.config]
     device = torch.device(args.device)
     use_amp = device.type == "cuda" and not args.no_amp
@@ -101,18 +103,18 @@ def worker(args) -> dict:
                                 head_update_in_backward=not args.no_in_backward,
                                 shared_last_layer=args.shared_last_layer)
 
-    if args.workload in ("desd", "bare"):
+    if workload in ("desd", "bare"):
         encoder = build_unet(cfg, False).encoder
         net = DeSDNetwork.from_settings(encoder, settings).to(device)
         kind = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[args.optimizer]
-        opt = torch.optim.AdamW(parameter_groups(net.student if args.workload == "desd" else net.student.encoder),
+        opt = torch.optim.AdamW(parameter_groups(net.student if workload == "desd" else net.student.encoder),
                                 **kind)
         scaler = torch.amp.GradScaler("cuda") if use_amp else None
         schedule = StepSchedule(lr=1e-4, weight_decay=0.04, momentum=0.9996, teacher_temp=0.04,
                                 freeze_last_layer=False)
 
         def step():
-            if args.workload == "desd":
+            if workload == "desd":
                 train_step(net, net.student, opt, views[0], views[1], settings, schedule, scaler)
                 return
             x = torch.cat(views)
@@ -161,28 +163,30 @@ def worker(args) -> dict:
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(unet.parameters(), 12)
                 opt.step()
+    return step
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize()
 
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def memory_worker(args) -> dict:
+    """Peak memory of one workload, alone in this process: ``--warmup`` steps and one more."""
+    import torch
+
+    rss_after_imports = _current_rss_mb()
+    device = torch.device(args.device)
+    step = make_step(args, args.workload)
     for _ in range(args.warmup):
         step()
-    sync()
+    _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    usage_before = resource.getrusage(resource.RUSAGE_SELF)
-    for _ in range(args.steps):
-        t = time.perf_counter()
-        step()
-        sync()
-        times.append(time.perf_counter() - t)
-    usage_after = resource.getrusage(resource.RUSAGE_SELF)
-    # page faults of fresh memory (glibc returning heap memory to the system and taking it back)
-    # vary from process to process and cost system time: printed so that a noisy round shows
-    faults = (usage_after.ru_minflt - usage_before.ru_minflt) / args.steps
-    sys_s = (usage_after.ru_stime - usage_before.ru_stime) / args.steps
+    step()
+    _sync(device)
     if device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated() / 2**20
         peak_kind = "CUDA max allocated"
@@ -190,8 +194,32 @@ def worker(args) -> dict:
         # ru_maxrss is in KiB on Linux; the libraries' own footprint is left out
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - rss_after_imports
         peak_kind = "peak RSS above the RSS after imports"
-    return {"workload": args.workload, "median_s": statistics.median(times), "peak_mb": peak_mb,
-            "peak_kind": peak_kind, "amp": use_amp, "faults": faults, "sys_s": sys_s}
+    return {"peak_mb": peak_mb, "peak_kind": peak_kind}
+
+
+def timing_worker(args, workloads: list[str]) -> dict:
+    """Step times of all ``workloads`` in this one process, their steps taken in turn."""
+    import torch
+
+    device = torch.device(args.device)
+    steps = {w: make_step(args, w) for w in workloads}
+    for _ in range(args.warmup):
+        for w in workloads:
+            steps[w]()
+    _sync(device)
+    out = {w: {"times": [], "faults": 0, "sys_s": 0.0} for w in workloads}
+    for _ in range(args.steps):
+        for w in workloads:
+            before = resource.getrusage(resource.RUSAGE_SELF)
+            t = time.perf_counter()
+            steps[w]()
+            _sync(device)
+            out[w]["times"].append(time.perf_counter() - t)
+            after = resource.getrusage(resource.RUSAGE_SELF)
+            # minor page faults: memory the allocator gave back to the system and takes again
+            out[w]["faults"] += (after.ru_minflt - before.ru_minflt) / args.steps
+            out[w]["sys_s"] += (after.ru_stime - before.ru_stime) / args.steps
+    return out
 
 
 def main() -> None:
@@ -202,7 +230,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--no-amp", action="store_true", help="fp32 on CUDA (AMP is used on CUDA by default)")
-    p.add_argument("--rounds", type=int, default=1, help="run the workloads this many times, alternating")
+    p.add_argument("--rounds", type=int, default=1, help="repeat the whole measurement this many times")
     p.add_argument("--workloads", default="bare,desd,finetune", help="comma-separated subset to run")
     p.add_argument("--optimizer", choices=["fused", "foreach", "for-loop"], default="fused",
                    help="AdamW implementation for desd and bare (default: fused, as make_optimizer)")
@@ -214,48 +242,60 @@ def main() -> None:
     p.add_argument("--keep-freed-memory", action="store_true",
                    help="run the workloads with glibc keeping freed memory (no page faults of reused memory)")
     p.add_argument("--workload", choices=["desd", "bare", "finetune"], help=argparse.SUPPRESS)
+    p.add_argument("--timing", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.device is None:
         import torch
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.workload:
-        print(json.dumps(worker(args)))
-        return
     workloads = args.workloads.split(",")
+    if args.workload:
+        print(json.dumps(memory_worker(args)))
+        return
+    if args.timing:
+        print(json.dumps(timing_worker(args, workloads)))
+        return
+
+    def run(extra: list[str]) -> dict:
+        cmd = [sys.executable, __file__] + extra + sys.argv[1:]
+        if "--device" not in sys.argv:
+            cmd += ["--device", args.device]
+        env = dict(os.environ)
+        if args.keep_freed_memory:
+            env.update(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(2**40))
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if proc.returncode != 0:
+            sys.exit(f"{' '.join(extra)} failed:\n{proc.stderr[-3000:]}")
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    med = statistics.median
     rounds = []
     for r in range(args.rounds):
-        results = {}
-        for workload in workloads:
-            cmd = [sys.executable, __file__, "--workload", workload] + sys.argv[1:]
-            if "--device" not in sys.argv:
-                cmd += ["--device", args.device]
-            env = dict(os.environ)
-            if args.keep_freed_memory:
-                env.update(MALLOC_MMAP_MAX_="0", MALLOC_TRIM_THRESHOLD_=str(2**40))
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            if proc.returncode != 0:
-                sys.exit(f"workload {workload} failed:\n{proc.stderr[-3000:]}")
-            results[workload] = json.loads(proc.stdout.strip().splitlines()[-1])
+        results = run(["--timing"])
+        for w in workloads:
+            results[w].update(run(["--workload", w]))
+            results[w]["median_s"] = med(results[w]["times"])
+        for other in ("bare", "finetune"):
+            if "desd" in workloads and other in workloads:  # step by step: both saw the same moment
+                results[f"desd/{other}"] = med(d / o for d, o in zip(results["desd"]["times"], results[other]["times"]))
         rounds.append(results)
         if args.rounds > 1:
-            print(f"round {r + 1}: " + ", ".join(f"{w} {res['median_s']:.3f} s {res['peak_mb']:.0f} MiB "
-                                                   f"{res['faults']:.0f} faults/step"
-                                                   for w, res in results.items()), flush=True)
-    med = statistics.median
+            print(f"round {r + 1}: " + ", ".join(f"{w} {results[w]['median_s']:.3f} s {results[w]['peak_mb']:.0f} MiB "
+                                                   f"{results[w]['faults']:.0f} faults/step" for w in workloads)
+                  + "".join(f", {k} {v:.2f}x" for k, v in results.items() if "/" in k), flush=True)
     cfg = CONFIGS[args.config]
-    first = rounds[0][workloads[0]]
+    amp = args.device.startswith("cuda") and not args.no_amp
     variant = [v for v, on in (("shared last layer", args.shared_last_layer),
                                ("no in-backward update", args.no_in_backward),
                                ("glibc keeps freed memory", args.keep_freed_memory)) if on]
     print(f"config {args.config}: {len(cfg['features'])} stages {cfg['features'][0]}-{max(cfg['features'])} "
           f"features, views {cfg['view']}, K={args.out_dim or cfg['out_dim']}, "
           f"{f'head MLP width {args.hidden_dim}, ' if args.hidden_dim else ''}batch {args.batch}, "
-          f"device {args.device}, AMP {first['amp']}, AdamW {args.optimizer}"
-          f"{', ' + ', '.join(variant) if variant else ''}; median of {args.steps} steps after {args.warmup}"
-          f"{f', median over {args.rounds} rounds' if args.rounds > 1 else ''}")
+          f"device {args.device}, AMP {amp}, AdamW {args.optimizer}"
+          f"{', ' + ', '.join(variant) if variant else ''}; {args.steps} steps of each after {args.warmup}, "
+          f"in turn in one process{f', median over {args.rounds} rounds' if args.rounds > 1 else ''}")
     print(f"{'workload':<10} {'step s':>9} {'views/s':>9} {'peak MiB':>10} {'faults/step':>12} {'sys s/step':>11}  "
-          f"({first['peak_kind']}; minor page faults and system time per timed step; "
+          f"({rounds[0][workloads[0]]['peak_kind']}; minor page faults and system time per timed step; "
           f"views: 2 per sample for desd and bare, 1 patch per sample for finetune)")
     for w in workloads:
         step_s = med(r[w]["median_s"] for r in rounds)
@@ -264,9 +304,10 @@ def main() -> None:
               f"{med(r[w]['faults'] for r in rounds):>12.0f} {med(r[w]['sys_s'] for r in rounds):>11.3f}")
     for other, label in (("bare", "bare encoder work"), ("finetune", "fine-tuning step")):
         if "desd" in workloads and other in workloads:
-            t = med(r["desd"]["median_s"] / r[other]["median_s"] for r in rounds)
+            t = med(r[f"desd/{other}"] for r in rounds)
             m = med(r["desd"]["peak_mb"] / r[other]["peak_mb"] for r in rounds)
-            print(f"DeSD / {label + ':':<19} time {t:.2f}x, peak memory {m:.2f}x")
+            print(f"DeSD / {label + ':':<19} time {t:.2f}x (median of the step-by-step ratios), "
+                  f"peak memory {m:.2f}x")
 
 
 if __name__ == "__main__":
