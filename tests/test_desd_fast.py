@@ -124,18 +124,26 @@ def test_factored_gradient_rows_and_norm():
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_few_rows_times_equals_the_plain_product(threads):
-    """Split into one column block per thread (widths 12 and 24 split for 2 and 3 threads, 7 never,
-    a transposed right-hand side never): always the product itself."""
+def test_few_rows_times_equals_the_plain_product(threads, monkeypatch):
+    """Split into column blocks of at least 64, one per thread, or not at all: always the product."""
     g = torch.Generator().manual_seed(3)
+    splits = []
+    bmm = torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda *args, **kw: splits.append(args[1].shape[0]) or bmm(*args, **kw))
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for n, k, d in [(4, 10, 12), (1, 5, 24), (4, 6, 7), (80, 5, 12)]:
+        # (rows, inner, width, blocks expected): 192 splits in 2 or 3, 200 in 2 (3 does not divide
+        # it), 100 and 7 are too narrow, 80 rows are too many
+        cases = [(4, 10, 192, min(threads, 3)), (1, 5, 200, 2 if threads >= 2 else 1), (4, 6, 100, 1),
+                 (4, 6, 7, 1), (80, 5, 192, 1)]
+        for n, k, d, blocks in cases:
             a = torch.randn(n, k, generator=g, dtype=F64)
             b = torch.randn(k, d, generator=g, dtype=F64)
+            splits.clear()
             torch.testing.assert_close(few_rows_times(a, b), a @ b, rtol=0, atol=1e-12)
-            bt = torch.randn(d, k, generator=g, dtype=F64).t()
+            assert splits == ([blocks] if blocks > 1 else []), (n, k, d)
+            bt = torch.randn(d, k, generator=g, dtype=F64).t()  # columns not contiguous: never split
             torch.testing.assert_close(few_rows_times(a, bt), a @ bt, rtol=0, atol=1e-12)
     finally:
         torch.set_num_threads(before)

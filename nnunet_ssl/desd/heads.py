@@ -75,8 +75,10 @@ class LowRankGrad:
 
 WeightUpdate = Callable[[torch.Tensor, LowRankGrad], None]
 
-# products with at most this many rows are split across threads on the CPU (see few_rows_times)
+# products with at most this many rows are split across threads on the CPU (see few_rows_times),
+# into blocks of at least this many columns
 FEW_ROWS = 64
+MIN_BLOCK_COLUMNS = 64
 
 
 def few_rows_times(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -84,8 +86,9 @@ def few_rows_times(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
     On the CPU, MKL computes such a product (``(N, K) @ (K, D)`` with ``N`` around 4) on a
     single thread. Viewing ``b`` as a batch of column blocks, one per thread, makes it a
-    ``bmm`` that MKL spreads over the threads; each output element is the same sum. Elsewhere
-    (CUDA, one thread, more rows, widths that do not split evenly) it is plain ``a @ b``.
+    ``bmm`` that MKL spreads over the threads; each output element is the same sum. Blocks are
+    equal and at least ``MIN_BLOCK_COLUMNS`` wide. Elsewhere (CUDA, one thread, more rows,
+    narrow widths) it is plain ``a @ b``.
 
     Example:
         >>> a, b = torch.randn(4, 6), torch.randn(6, 8)
@@ -94,8 +97,10 @@ def few_rows_times(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """
     n, k = a.shape
     d = b.shape[1]
-    parts = torch.get_num_threads()
-    if b.device.type != "cpu" or parts < 2 or n > FEW_ROWS or d % parts or b.stride(1) != 1:
+    parts = min(torch.get_num_threads(), d // MIN_BLOCK_COLUMNS)
+    while parts > 1 and d % parts:  # equal blocks
+        parts -= 1
+    if b.device.type != "cpu" or parts < 2 or n > FEW_ROWS or b.stride(1) != 1:
         return a @ b
     blocks = b.view(k, parts, d // parts).permute(1, 0, 2)  # (parts, K, D / parts), no copy
     return torch.bmm(a.expand(parts, n, k), blocks).permute(1, 0, 2).reshape(n, d)
