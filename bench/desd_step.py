@@ -38,6 +38,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import resource
@@ -104,32 +105,37 @@ def make_step(args, workload: str):
                                 shared_last_layer=args.shared_last_layer)
 
     if workload in ("desd", "bare"):
-        encoder = build_unet(cfg, False).encoder
-        net = DeSDNetwork.from_settings(encoder, settings).to(device)
         kind = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[args.optimizer]
-        opt = torch.optim.AdamW(parameter_groups(net.student if workload == "desd" else net.student.encoder),
-                                **kind)
         scaler = torch.amp.GradScaler("cuda") if use_amp else None
-        schedule = StepSchedule(lr=1e-4, weight_decay=0.04, momentum=0.9996, teacher_temp=0.04,
-                                freeze_last_layer=False)
+        encoder = build_unet(cfg, False).encoder.to(device)
+        if workload == "desd":
+            net = DeSDNetwork.from_settings(encoder, settings).to(device)
+            opt = torch.optim.AdamW(parameter_groups(net.student), **kind)
+            schedule = StepSchedule(lr=1e-4, weight_decay=0.04, momentum=0.9996, teacher_temp=0.04,
+                                    freeze_last_layer=False)
 
-        def step():
-            if workload == "desd":
+            def step():
                 train_step(net, net.student, opt, views[0], views[1], settings, schedule, scaler)
-                return
-            x = torch.cat(views)
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, enabled=use_amp):
-                with torch.no_grad():  # first, as train_step does: its activations are gone before the student's
-                    net.teacher.encoder(x)
-                loss = net.student.encoder(x)[-1].float().mean()
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                loss.backward()
-                opt.step()
+        else:
+            # no heads at all: their weights would otherwise count in this workload's memory
+            student, teacher = encoder, copy.deepcopy(encoder).requires_grad_(False)
+            student.return_skips, teacher.return_skips = True, False  # as in DeSDNetwork
+            opt = torch.optim.AdamW(parameter_groups(student), **kind)
+
+            def step():
+                x = torch.cat(views)
+                opt.zero_grad(set_to_none=True)
+                with torch.autocast(device.type, enabled=use_amp):
+                    with torch.no_grad():  # first, as train_step does: its activations are gone before the student's
+                        teacher(x)
+                    loss = student(x)[-1].float().mean()
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    opt.step()
     else:
         from nnunetv2.training.loss.compound_losses import DC_and_CE_loss
         from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
@@ -238,7 +244,7 @@ def main() -> None:
     p.add_argument("--hidden-dim", type=int, help="head MLP width instead of the default 2048")
     p.add_argument("--shared-last-layer", action="store_true", help="opt-in: one last layer for all heads")
     p.add_argument("--no-in-backward", action="store_true",
-                   help="take the heads' last-layer AdamW step after the backward pass (dense gradients)")
+                   help="take the heads' AdamW step after the backward pass (dense gradients)")
     p.add_argument("--keep-freed-memory", action="store_true",
                    help="run the workloads with glibc keeping freed memory (no page faults of reused memory)")
     p.add_argument("--workload", choices=["desd", "bare", "finetune"], help=argparse.SUPPRESS)

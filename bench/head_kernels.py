@@ -32,7 +32,7 @@ import torch
 
 from desd_step import CONFIGS
 from nnunet_ssl.desd.heads import LowRankGrad, few_rows_times
-from nnunet_ssl.desd.step import CPU_BLOCK_BYTES
+from nnunet_ssl.desd.step import block_rows as rows_per_block
 
 
 def timed(fn, repeats: int) -> float:
@@ -51,7 +51,7 @@ def layer_costs(rows: int, cols: int, n: int, repeats: int, copies: int) -> dict
     states = [(torch.zeros(rows, cols), torch.zeros(rows, cols), torch.zeros(())) for _ in range(copies)]
     grad = torch.randn(rows, cols) * 1e-3
     x, g = torch.randn(n, cols), torch.randn(n, rows)
-    block_rows = max(1, min(rows, CPU_BLOCK_BYTES // (cols * 4)))
+    block_rows = rows_per_block(ws[0])
     buffer = torch.empty(block_rows, cols)
     i = [0]
 

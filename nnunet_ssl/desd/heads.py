@@ -97,10 +97,12 @@ def few_rows_times(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """
     n, k = a.shape
     d = b.shape[1]
+    if b.device.type != "cpu" or n > FEW_ROWS or b.stride(1) != 1:
+        return a @ b
     parts = min(torch.get_num_threads(), d // MIN_BLOCK_COLUMNS)
     while parts > 1 and d % parts:  # equal blocks
         parts -= 1
-    if b.device.type != "cpu" or parts < 2 or n > FEW_ROWS or b.stride(1) != 1:
+    if parts < 2:
         return a @ b
     blocks = b.view(k, parts, d // parts).permute(1, 0, 2)  # (parts, K, D / parts), no copy
     return torch.bmm(a.expand(parts, n, k), blocks).permute(1, 0, 2).reshape(n, d)

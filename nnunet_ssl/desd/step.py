@@ -230,9 +230,7 @@ class InBackwardAdamW:
         step, exp_avg, exp_avg_sq = state["step"], state["exp_avg"], state["exp_avg_sq"]
         step.add_(1)
         n_rows, width = weight.shape
-        rows = n_rows
-        if weight.device.type == "cpu":
-            rows = max(1, min(n_rows, self.block_bytes // (width * weight.element_size())))
+        rows = block_rows(weight, self.block_bytes)
         buffer = torch.empty(rows, width, dtype=weight.dtype, device=weight.device)
         w = weight.detach()
         beta1, beta2 = group["betas"]
@@ -245,6 +243,15 @@ class InBackwardAdamW:
                                 [step], lr=group["lr"], beta1=beta1, beta2=beta2,
                                 weight_decay=group["weight_decay"], eps=group["eps"], amsgrad=False,
                                 maximize=False)
+
+
+def block_rows(weight: torch.Tensor, block_bytes: int = CPU_BLOCK_BYTES) -> int:
+    """Rows per block of :class:`InBackwardAdamW`'s update of ``weight``: all of them on a GPU,
+    about ``block_bytes`` worth on the CPU."""
+    n_rows, width = weight.shape
+    if weight.device.type != "cpu":
+        return n_rows
+    return max(1, min(n_rows, block_bytes // (width * weight.element_size())))
 
 
 def _hooked_weight(module: torch.nn.Module) -> torch.Tensor:
