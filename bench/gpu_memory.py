@@ -29,6 +29,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 from typing import Optional
 
 import torch
@@ -43,8 +44,8 @@ MIB = 2**20
 def saved_activation_bytes(network: DeSDNetwork, batch: int, view: list[int],
                            dtype: Optional[torch.dtype]) -> tuple[int, int]:
     """Bytes autograd saves for the backward pass in one student forward on ``2 * batch`` views
-    under autocast to ``dtype`` (None: float32, no autocast; parameters left out), and the largest saved activation (a saved tensor
-    whose first dimension is the views)."""
+    under autocast to ``dtype`` (None: float32, no autocast; parameters left out), and the
+    largest saved activation (a saved tensor whose first dimension is the views)."""
     params = {p.untyped_storage().data_ptr() for p in network.parameters()}
     seen: dict[int, int] = {}
     largest = [0]
@@ -61,7 +62,7 @@ def saved_activation_bytes(network: DeSDNetwork, batch: int, view: list[int],
 
     x = torch.randn(2 * batch, 1, *view)
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        with torch.autocast("cpu", dtype=dtype) if dtype is not None else contextlib.nullcontext():
             network.student(x)
     return sum(seen.values()), largest[0]
 
@@ -75,7 +76,10 @@ def main() -> None:
                    help="count without autocast, to compare with a CPU peak from bench/desd_step.py")
     p.add_argument("--gpu-gb", type=float, default=24.0, help="memory of the GPU to compare with, in GB (10^9 bytes)")
     args = p.parse_args()
-    small = [int(b) for b in args.count_batches.split(",")]
+    try:
+        small = [int(b) for b in args.count_batches.split(",")]
+    except ValueError:
+        small = []
     if len(small) != 2 or small[0] >= small[1] or small[0] < 1:
         p.error("--count-batches takes two increasing batch sizes, such as 1,2")
 
