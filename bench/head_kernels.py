@@ -5,7 +5,8 @@ MLP and the ``bottleneck -> K`` last layer, for each stage width of a ``bench/de
 configuration) it times, on ``N = 2 x batch`` rows:
 
 * ``read``: one pass over the weight (``W.sum()``), the memory-traffic floor of any pass;
-* ``forward``: ``W x^T`` as the heads compute it during a training step;
+* ``forward``: ``W x^T`` as the heads compute it on the CPU (``heads.HeadLinear``);
+* ``x W^T``: the same product as ``nn.Linear`` computes it (``F.linear``), for comparison;
 * ``input grad``: ``g W``, the gradient sent back to the layer's input
   (``nnunet_ssl.desd.heads.few_rows_times``, as the heads' backward computes it);
 * ``weight grad``: the rank-N weight gradient ``g^T x``, block by block into one buffer as the
@@ -29,6 +30,7 @@ import statistics
 import time
 
 import torch
+import torch.nn.functional as F
 
 from desd_step import CONFIGS
 from nnunet_ssl.desd.heads import LowRankGrad, few_rows_times
@@ -75,6 +77,7 @@ def layer_costs(rows: int, cols: int, n: int, repeats: int, copies: int) -> dict
     return {
         "read": timed(lambda: ws[pick()].sum(), repeats),
         "forward": timed(lambda: torch.mm(ws[pick()], x.t()), repeats),
+        "x W^T": timed(lambda: F.linear(x, ws[pick()]), repeats),
         "input grad": timed(lambda: few_rows_times(g, ws[pick()]), repeats),
         "weight grad": timed(weight_grad, repeats),
         "adamw": timed(adamw, repeats),
@@ -99,7 +102,7 @@ def main() -> None:
     teacher = [(h, cfg["features"][-1]), (h, h), (b, h), (k, b)]
     print(f"config {args.config}: {len(cfg['features'])} heads, N = {n} rows, MLP width {h}, K = {k}, "
           f"{torch.get_num_threads()} threads; milliseconds, median of {args.repeats}")
-    cols = ["read", "forward", "input grad", "weight grad", "adamw"]
+    cols = ["read", "forward", "x W^T", "input grad", "weight grad", "adamw"]
     print(f"{'weight (out x in)':<20} {'heads':>5} " + " ".join(f"{c:>11}" for c in cols))
     costs = {}
     for (rows, width), count in sorted(shapes.items(), key=lambda kv: -kv[0][0] * kv[0][1]):
@@ -111,7 +114,7 @@ def main() -> None:
     kernels = (student["forward"] + student["input grad"] + student["weight grad"] + student["adamw"]
                + sum(costs[s]["forward"] for s in teacher))
     floor = 2 * student["read"] + student["adamw"] + 3 * teacher_read
-    print("student heads, all layers: " + ", ".join(f"{c} {student[c]:.1f}" for c in cols))
+    print("student heads, all layers: " + ", ".join(f"{c} {student[c]:.1f}" for c in cols if c != "x W^T"))
     print(f"kernels of one step (student forward, input and weight gradients, AdamW; teacher forward): "
           f"{kernels:.1f} ms")
     print(f"streaming floor (student weights read twice, AdamW, teacher head read and averaged): "

@@ -166,10 +166,19 @@ def test_head_linear_hands_over_the_low_rank_gradient_of_nn_linear():
     torch.testing.assert_close(seen["rows"], ref.weight.grad[3:11])
     torch.testing.assert_close(seen["sq"], ref.weight.grad.square().sum())
     torch.testing.assert_close(layer.bias.grad, ref.bias.grad)
-    layer.weight_update = None  # without an update it is nn.Linear
-    layer.zero_grad()
-    (layer(x) * upstream).sum().backward()
-    torch.testing.assert_close(layer.weight.grad, ref.weight.grad)
+    layer.weight_update = None  # without an update it is nn.Linear, with few rows (W x^T) or many
+    for n in (4, 65):
+        x = torch.randn(n, 6, generator=g, dtype=F64)
+        upstream = torch.randn(n, 20, generator=g, dtype=F64)
+        layer.zero_grad(), ref.zero_grad()
+        out, want = layer(x), ref(x)
+        torch.testing.assert_close(out, want)
+        (out * upstream).sum().backward()
+        (want * upstream).sum().backward()
+        torch.testing.assert_close(layer.weight.grad, ref.weight.grad)
+        torch.testing.assert_close(layer.bias.grad, ref.bias.grad)
+        with torch.no_grad():
+            torch.testing.assert_close(layer(x), want.detach())
 
 
 def test_heads_equal_plain_head_loop_forward_and_gradients(tiny_unet):

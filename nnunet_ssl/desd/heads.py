@@ -162,7 +162,10 @@ class HeadLinear(nn.Linear):
     """``nn.Linear`` on ``(N, in)`` inputs whose weight gradient can go to ``weight_update``.
 
     Same parameters and state-dict keys as ``nn.Linear``; with ``weight_update`` None
-    (the default) it computes the same values and gradients.
+    (the default) it computes the same values and gradients. On the CPU, inputs of at most
+    ``FEW_ROWS`` rows (the heads' pooled features) are multiplied as ``W x^T`` whether or
+    not an update is set, so the teacher's head and the dense-gradient path get the faster
+    product too.
     """
 
     def __init__(self, *args, **kwargs):
@@ -170,7 +173,9 @@ class HeadLinear(nn.Linear):
         self.weight_update: Optional[WeightUpdate] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.weight_update is None or x.dim() != 2 or torch.is_autocast_enabled(x.device.type):
+        few_rows_on_cpu = x.device.type == "cpu" and x.dim() == 2 and x.shape[0] <= FEW_ROWS
+        if (x.dim() != 2 or torch.is_autocast_enabled(x.device.type)
+                or (self.weight_update is None and not few_rows_on_cpu)):
             return F.linear(x, self.weight, self.bias)
         return _Linear.apply(x, self.weight, self.bias, self.weight_update)
 
