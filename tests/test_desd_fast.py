@@ -170,7 +170,8 @@ def test_head_linear_hands_over_the_low_rank_gradient_of_nn_linear():
     for n in (4, 65):
         x = torch.randn(n, 6, generator=g, dtype=F64)
         upstream = torch.randn(n, 20, generator=g, dtype=F64)
-        layer.zero_grad(), ref.zero_grad()
+        layer.zero_grad()
+        ref.zero_grad()
         out, want = layer(x), ref(x)
         torch.testing.assert_close(out, want)
         (out * upstream).sum().backward()

@@ -81,6 +81,11 @@ FEW_ROWS = 64
 MIN_BLOCK_COLUMNS = 64
 
 
+def _few_rows_on_cpu(x: torch.Tensor) -> bool:
+    """Whether ``x`` is a CPU matrix of at most ``FEW_ROWS`` rows (the heads' pooled samples)."""
+    return x.device.type == "cpu" and x.dim() == 2 and x.shape[0] <= FEW_ROWS
+
+
 def few_rows_times(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b`` for an ``a`` with a handful of rows (the heads' ``N`` samples).
 
@@ -97,7 +102,7 @@ def few_rows_times(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """
     n, k = a.shape
     d = b.shape[1]
-    if b.device.type != "cpu" or n > FEW_ROWS or b.stride(1) != 1:
+    if not _few_rows_on_cpu(a) or b.device.type != "cpu" or b.stride(1) != 1:
         return a @ b
     parts = min(torch.get_num_threads(), d // MIN_BLOCK_COLUMNS)
     while parts > 1 and d % parts:  # equal blocks
@@ -173,9 +178,9 @@ class HeadLinear(nn.Linear):
         self.weight_update: Optional[WeightUpdate] = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        few_rows_on_cpu = x.device.type == "cpu" and x.dim() == 2 and x.shape[0] <= FEW_ROWS
-        if (x.dim() != 2 or torch.is_autocast_enabled(x.device.type)
-                or (self.weight_update is None and not few_rows_on_cpu)):
+        if x.dim() != 2 or torch.is_autocast_enabled(x.device.type):
+            return F.linear(x, self.weight, self.bias)
+        if self.weight_update is None and not _few_rows_on_cpu(x):
             return F.linear(x, self.weight, self.bias)
         return _Linear.apply(x, self.weight, self.bias, self.weight_update)
 
