@@ -12,7 +12,11 @@ configuration) it times, on ``N = 2 x batch`` rows:
 * ``weight grad``: the rank-N weight gradient ``g^T x``, block by block into one buffer as the
   in-backward update computes it (``LowRankGrad.rows``);
 * ``adamw``: PyTorch's fused AdamW step on the whole weight (dense gradient): reads the weight,
-  gradient and both moments, writes the weight and both moments.
+  gradient and both moments, writes the weight and both moments;
+* ``update``: the in-backward update as a training step takes it
+  (``nnunet_ssl.desd.step.InBackwardAdamW``): each block's rank-N gradient, then fused AdamW on
+  the block, from the factored gradient. ``--outer-max-rank 0`` forms every gradient block with
+  ``mm`` instead of broadcast outer products, for comparison.
 
 Each figure is the median of ``--repeats`` calls, cycling over several copies of the weight so
 that it is read from memory, not from cache. The totals compare what the kernels take with the
@@ -33,7 +37,9 @@ import torch
 import torch.nn.functional as F
 
 from desd_step import CONFIGS
+from nnunet_ssl.desd import heads
 from nnunet_ssl.desd.heads import LowRankGrad, few_rows_times
+from nnunet_ssl.desd.step import InBackwardAdamW
 from nnunet_ssl.desd.step import block_rows as rows_per_block
 
 
@@ -74,6 +80,11 @@ def layer_costs(rows: int, cols: int, n: int, repeats: int, copies: int) -> dict
         torch._fused_adamw_([ws[k]], [grad], [m], [v], [], [step], lr=1e-4, beta1=0.9, beta2=0.999,
                             weight_decay=0.04, eps=1e-8, amsgrad=False, maximize=False)
 
+    params = [torch.nn.Parameter(w.clone()) for w in ws]
+    update = InBackwardAdamW(torch.optim.AdamW(params, lr=1e-4, weight_decay=0.04, fused=True), clip_grad=0.0)
+    for param in params:  # AdamW's state is allocated at the first update, before the timing
+        update(param, factored)
+
     return {
         "read": timed(lambda: ws[pick()].sum(), repeats),
         "forward": timed(lambda: torch.mm(ws[pick()], x.t()), repeats),
@@ -81,6 +92,7 @@ def layer_costs(rows: int, cols: int, n: int, repeats: int, copies: int) -> dict
         "input grad": timed(lambda: few_rows_times(g, ws[pick()]), repeats),
         "weight grad": timed(weight_grad, repeats),
         "adamw": timed(adamw, repeats),
+        "update": timed(lambda: update(params[pick()], factored), repeats),
     }
 
 
@@ -91,7 +103,10 @@ def main() -> None:
     p.add_argument("--hidden-dim", type=int, default=2048)
     p.add_argument("--bottleneck-dim", type=int, default=256)
     p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--outer-max-rank", type=int, default=heads.OUTER_MAX_RANK,
+                   help="form rank-N gradient blocks as outer products up to this N (0: always mm)")
     args = p.parse_args()
+    heads.OUTER_MAX_RANK = args.outer_max_rank
     cfg = CONFIGS[args.config]
     n = 2 * args.batch
     h, b, k = args.hidden_dim, args.bottleneck_dim, cfg["out_dim"]
@@ -102,7 +117,7 @@ def main() -> None:
     teacher = [(h, cfg["features"][-1]), (h, h), (b, h), (k, b)]
     print(f"config {args.config}: {len(cfg['features'])} heads, N = {n} rows, MLP width {h}, K = {k}, "
           f"{torch.get_num_threads()} threads; milliseconds, median of {args.repeats}")
-    cols = ["read", "forward", "x W^T", "input grad", "weight grad", "adamw"]
+    cols = ["read", "forward", "x W^T", "input grad", "weight grad", "adamw", "update"]
     print(f"{'weight (out x in)':<20} {'heads':>5} " + " ".join(f"{c:>11}" for c in cols))
     costs = {}
     for (rows, width), count in sorted(shapes.items(), key=lambda kv: -kv[0][0] * kv[0][1]):
@@ -117,6 +132,8 @@ def main() -> None:
     print("student heads, all layers: " + ", ".join(f"{c} {student[c]:.1f}" for c in cols if c != "x W^T"))
     print(f"kernels of one step (student forward, input and weight gradients, AdamW; teacher forward): "
           f"{kernels:.1f} ms")
+    print(f"the same with the in-backward update as taken (update in place of weight grad + adamw): "
+          f"{kernels - student['weight grad'] - student['adamw'] + student['update']:.1f} ms")
     print(f"streaming floor (student weights read twice, AdamW, teacher head read and averaged): "
           f"{floor:.1f} ms")
 

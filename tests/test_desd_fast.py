@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from nnunet_ssl.desd import step as step_module
-from nnunet_ssl.desd.heads import HeadLinear, ProjectionHead, few_rows_times, normalized_linear
+from nnunet_ssl.desd.heads import HeadLinear, LowRankGrad, ProjectionHead, few_rows_times, normalized_linear
 from nnunet_ssl.desd.model import DeSDNetwork, ema_update
 from nnunet_ssl.desd.settings import DeSDSettings
 from nnunet_ssl.desd.step import (InBackwardAdamW, StepSchedule, clip_per_parameter_, make_optimizer,
@@ -121,6 +121,30 @@ def test_factored_gradient_rows_and_norm():
     torch.testing.assert_close(seen["dense"], ref.grad)
     torch.testing.assert_close(seen["grad"].rows(7, 19), ref.grad[7:19])
     torch.testing.assert_close(seen["grad"].squared_norm(), ref.grad.square().sum())
+
+
+@pytest.mark.parametrize("n", [1, 4, 5])
+def test_factored_gradient_rows_of_wide_weights(n, monkeypatch):
+    """Rows 1024 wide with at most 4 factors are summed as outer products on the CPU, not by mm:
+    the same rows either way, with and without the weight-normalisation term."""
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(n, 1024, generator=g, dtype=F64)
+    v = torch.randn(12, 1024, generator=g, dtype=F64, requires_grad=True)
+    upstream = torch.randn(n, 12, generator=g, dtype=F64)
+    seen = {}
+    (normalized_linear(z, v, update=lambda w, grad: seen.update(grad=grad)) * upstream).sum().backward()
+    ref = v.detach().clone().requires_grad_(True)
+    (F.linear(z, F.normalize(ref, dim=1)) * upstream).sum().backward()
+    calls = []
+    mm = torch.mm
+    monkeypatch.setattr(torch, "mm", lambda *args, **kw: calls.append(1) or mm(*args, **kw))
+    buffer = torch.empty(5, 1024, dtype=F64)
+    torch.testing.assert_close(seen["grad"].rows(3, 8, out=buffer), ref.grad[3:8])
+    torch.testing.assert_close(buffer, ref.grad[3:8])
+    torch.testing.assert_close(seen["grad"].dense(), ref.grad)
+    plain = LowRankGrad(upstream, z)  # a linear layer's g^T z
+    torch.testing.assert_close(plain.rows(2, 9), (upstream.t() @ z)[2:9])
+    assert len(calls) == (0 if n <= 4 else 3)
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])

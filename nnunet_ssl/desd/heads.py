@@ -8,7 +8,9 @@ layer alone has 16.8M per stage. Three things keep them cheap:
 * the weight gradient of every linear layer in a head is a rank-N matrix (N = rows of
   the batch), so it is kept factored (:class:`LowRankGrad`). During a training step an
   optimiser can then take its step inside the backward pass, block by block of rows,
-  without the gradient ever being materialised (see ``nnunet_ssl.desd.step``);
+  without the gradient ever being materialised (see ``nnunet_ssl.desd.step``); on the
+  CPU, blocks of wide rows from a few factors are summed as outer products
+  (:func:`_outer_products_on_cpu`), where MKL's ``mm`` is slow;
 * the gradient sent back to each layer's input, a product with only N rows, is split
   across threads on the CPU (:func:`few_rows_times`).
 """
@@ -50,8 +52,19 @@ class LowRankGrad:
         self.shape = (g.shape[1], z.shape[1])
 
     def rows(self, start: int, stop: int, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Rows ``start:stop`` of the gradient, written into ``out`` when given."""
-        block = torch.mm(self.g[:, start:stop].t(), self.z, out=out)
+        """Rows ``start:stop`` of the gradient, written into ``out`` when given.
+
+        On the CPU, for at most ``OUTER_MAX_RANK`` factors and rows at least ``OUTER_MIN_WIDTH``
+        wide, ``g^T z`` is summed as that many broadcast outer products instead of an ``mm``
+        (see :func:`_outer_products_on_cpu`).
+        """
+        g = self.g[:, start:stop]
+        if _outer_products_on_cpu(g, self.z):
+            block = torch.mul(g[0, :, None], self.z[0], out=out)
+            for n in range(1, g.shape[0]):
+                block.addcmul_(g[n, :, None], self.z[n])
+        else:
+            block = torch.mm(g.t(), self.z, out=out)
         if self.c is not None:
             block.addcmul_(self.weight[start:stop], self.c[start:stop, None], value=-1.0)
         return block
@@ -79,6 +92,24 @@ WeightUpdate = Callable[[torch.Tensor, LowRankGrad], None]
 # into blocks of at least this many columns
 FEW_ROWS = 64
 MIN_BLOCK_COLUMNS = 64
+
+
+# rank-N weight-gradient blocks with at most this many factors and rows at least this wide are
+# summed as broadcast outer products on the CPU (see _outer_products_on_cpu)
+OUTER_MAX_RANK = 4
+OUTER_MIN_WIDTH = 1024
+
+
+def _outer_products_on_cpu(g: torch.Tensor, z: torch.Tensor) -> bool:
+    """Whether ``g^T z`` is summed as ``N`` broadcast outer products rather than by ``mm``.
+
+    MKL's ``mm`` with an inner dimension of 2-4 is slow on the CPU: for a 2048 x 2048 weight,
+    forming the gradient blocks that way adds most of the time of the AdamW step they feed. As
+    outer products (one ``mul`` and ``N - 1`` ``addcmul_`` over a block that stays in cache)
+    they add little to AdamW. With 8 or more factors, or rows narrower than 1024, ``mm`` is
+    as fast or faster. Figures: ``docs/performance.md``, item 10.
+    """
+    return g.device.type == "cpu" and g.shape[0] <= OUTER_MAX_RANK and z.shape[1] >= OUTER_MIN_WIDTH
 
 
 def _few_rows_on_cpu(x: torch.Tensor) -> bool:
