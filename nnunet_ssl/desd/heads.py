@@ -109,7 +109,7 @@ def _outer_products_on_cpu(g: torch.Tensor, z: torch.Tensor) -> bool:
     they add little to AdamW. With 8 or more factors, or rows narrower than 1024, ``mm`` is
     as fast or faster. Figures: ``docs/performance.md``, item 10.
     """
-    return g.device.type == "cpu" and g.shape[0] <= OUTER_MAX_RANK and z.shape[1] >= OUTER_MIN_WIDTH
+    return g.device.type == "cpu" and 1 <= g.shape[0] <= OUTER_MAX_RANK and z.shape[1] >= OUTER_MIN_WIDTH
 
 
 def _few_rows_on_cpu(x: torch.Tensor) -> bool:
