@@ -121,7 +121,13 @@ def _reader_writer(plans: Optional[dict], file_ending: str, example: Path):
 
 def _vote_case(name: str, folders: Sequence[Path], output: Path, rw) -> None:
     maps, first_props = [], None
+    from nnunet_ssl.ct.io import CaseError, check_image_file
+
     for folder in folders:
+        try:
+            check_image_file(folder / name)  # nnU-Net's reader would fill a truncated file with zeros
+        except CaseError as e:
+            raise UserError(f"{folder}: {e}") from None
         seg, props = rw.read_seg(str(folder / name))
         if first_props is None:
             first_props, first_shape = props, seg.shape

@@ -71,6 +71,7 @@ class CaseTask:
     image_out: str
     label_out: str
     mask_required: bool = False  # masks were given, so a case without one is skipped
+    input_case: str = ""  # the case id in its input folder, by which masks are matched
 
 
 @dataclass
@@ -171,15 +172,9 @@ def collect_tasks(inputs: Sequence[tuple[str, Path]], mask_folders: Sequence[Pat
                 used.add(cid)
             tasks.append(CaseTask(out_id, name, str(path.resolve()), str(mask.resolve()) if mask else None,
                                   str(folder / "imagesTr" / f"{out_id}_0000.nii.gz"),
-                                  str(folder / "labelsTr" / f"{out_id}.nii.gz"), mask_required=bool(masks)))
+                                  str(folder / "labelsTr" / f"{out_id}.nii.gz"), mask_required=bool(masks),
+                                  input_case=cid))
     return tasks, sorted(set(masks) - used)
-
-
-def _geometry_matches(a, b) -> bool:
-    spacing_ok = np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=1e-3, atol=1e-4)
-    origin_ok = np.allclose(a.GetOrigin(), b.GetOrigin(), atol=0.5 * min(a.GetSpacing()))
-    direction_ok = np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-3)
-    return bool(spacing_ok and origin_ok and direction_ok)
 
 
 def _fmt(values: Iterable[float]) -> str:
@@ -191,7 +186,7 @@ def prepare_case(task: CaseTask, options: PrepareOptions) -> CaseResult:
     import SimpleITK as sitk
 
     from nnunet_ssl.ct.brain_mask import brain_mask, mask_volume_ml
-    from nnunet_ssl.ct.io import CaseError, case_id, check_ct_hu, check_volume, read_image
+    from nnunet_ssl.ct.io import CaseError, check_ct_hu, check_same_grid, check_volume, read_image
 
     result = CaseResult(task.case_id, task.source, task.source_path)
     try:
@@ -207,7 +202,7 @@ def prepare_case(task: CaseTask, options: PrepareOptions) -> CaseResult:
         if float(arr.max()) == float(arr.min()):
             raise CaseError(f"constant image (every voxel {float(arr.min()):g})")
         if task.mask_path is None and task.mask_required:
-            raise CaseError(f"no mask named {case_id(task.source_path)!r} in the --masks folder(s)")
+            raise CaseError(f"no mask named '{task.input_case}' in the --masks folder(s)")
         if task.mask_path is None:
             mask = brain_mask(image, method=options.brain_mask_method, min_volume_ml=0.0,
                               max_volume_ml=float("inf"))
@@ -215,12 +210,7 @@ def prepare_case(task: CaseTask, options: PrepareOptions) -> CaseResult:
         else:
             mask = read_image(task.mask_path, sitk.sitkFloat32)
             result.mask_source = task.mask_path
-            if mask.GetSize() != image.GetSize():
-                raise CaseError(f"mask {Path(task.mask_path).name} has size {mask.GetSize()} but the image "
-                                f"has {image.GetSize()}; masks must be on the image's voxel grid")
-            if not _geometry_matches(mask, image):
-                raise CaseError(f"mask {Path(task.mask_path).name} has the image's size but another spacing, "
-                                "origin or direction; put it on the image's grid")
+            check_same_grid(image, mask, f"mask {Path(task.mask_path).name}")
             mask = sitk.Cast(mask > 0.5, sitk.sitkUInt8)
             mask.CopyInformation(image)
         volume = mask_volume_ml(mask)
@@ -352,9 +342,13 @@ def prepare_ssl_dataset(inputs: Sequence[str], dataset_id: int, name: str, raw_f
         if _inside(folder, path) or _inside(path, folder):
             raise UserError(f"the dataset folder {folder} and the input {path} overlap; write the dataset "
                             "elsewhere (inputs are never modified)")
+    from nnunet_ssl.ct.folders import writable_folder
+
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{folder} is a file, not a dataset folder; move it away, or choose another id or name")
     if folder.exists() and not force:
         raise UserError(f"{folder} exists; pass --force to replace it, or choose another id or name")
-    raw_folder.mkdir(parents=True, exist_ok=True)
+    writable_folder(raw_folder, "raw datasets folder")
     _check_dataset_id(raw_folder, int(dataset_id), folder_name)
 
     work = raw_folder / f".{folder_name}.partial"

@@ -196,11 +196,11 @@ def make_split(dataset: str | int, test_fraction: float = 0.1, val_fraction: flo
     Example:
         >>> cases, folder = make_split(502, seed=1)  # doctest: +SKIP
     """
-    import SimpleITK as sitk
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
     from tqdm import tqdm
 
+    from nnunet_ssl.ct.io import CaseError, read_image
     from nnunet_ssl.planning import dataset_name, require_env
     from nnunet_ssl.prepare_ssl import MANIFEST_NAME, write_csv
 
@@ -234,10 +234,10 @@ def make_split(dataset: str | int, test_fraction: float = 0.1, val_fraction: flo
     cases = []
     for cid in tqdm(sorted(files), desc="split: reading labels", unit="case", disable=not progress):
         try:
-            label = sitk.ReadImage(str(files[cid]["label"]))
-            image = sitk.ReadImage(str(files[cid]["images"][0]))
-        except RuntimeError as e:
-            raise UserError(f"cannot read case {cid!r}: {str(e).strip().splitlines()[-1]}") from None
+            label = read_image(files[cid]["label"], pixel_type=None)
+            image = read_image(files[cid]["images"][0], pixel_type=None)
+        except CaseError as e:
+            raise UserError(f"case {cid!r}: {e}") from None
         if label.GetDimension() != 3:
             raise UserError(f"case {cid!r}: lesion side needs 3D labels, got {label.GetDimension()}D")
         cases.append(CaseStrata(cid, sources.get(cid, "all"), lesion_side(label, image, min_side_fraction, ignore),

@@ -41,13 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from collections import Counter
 
-    from nnunet_ssl.errors import UserError
+    from nnunet_ssl.ct.resample import parse_orientation
     from nnunet_ssl.prepare_ssl import REPORT_NAME, PrepareOptions, prepare_ssl_dataset
 
-    orientation = None if args.orientation.lower() == "keep" else args.orientation.upper()
-    if orientation is not None and (len(orientation) != 3 or set(orientation) - set("LRPAIS")):
-        raise UserError(f"--orientation must be three letters of L/R, P/A, I/S (e.g. LPS) or 'keep', "
-                        f"got {args.orientation!r}")
+    orientation = parse_orientation(args.orientation)
     options = PrepareOptions(args.min_brain_ml, args.max_brain_ml, args.brain_mask, orientation,
                              hu_check=not args.no_hu_check)
     summary = prepare_ssl_dataset(args.input, args.dataset_id, args.name, args.raw, args.masks, options,

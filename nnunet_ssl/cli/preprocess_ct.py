@@ -29,17 +29,6 @@ def _spacing(text: str) -> tuple[float, float, float]:
     return values[0], values[1], values[2]
 
 
-def _orientation(code: str) -> str:
-    from nnunet_ssl.errors import UserError
-
-    code = code.upper()
-    axes = [{"L": 0, "R": 0, "P": 1, "A": 1, "S": 2, "I": 2}.get(c) for c in code]
-    if len(code) != 3 or None in axes or sorted(axes) != [0, 1, 2]:
-        raise UserError(f"--orientation must be three letters naming each axis once (e.g. LPS, RAS), "
-                        f"or 'keep'; got {code!r}")
-    return code
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input_dir", metavar="INPUT_DIR",
                         help="folder with one CT per case: .nii.gz/.nii/.nrrd/.mha files or DICOM series "
@@ -55,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mri", metavar="DIR",
                         help="paired MRIs (e.g. DWI/ADC) the --labels were drawn on; each is registered "
                              "to its CT and the mask is moved with it")
+    parser.add_argument("--max-label", type=int, default=1, metavar="K",
+                        help="largest label value in the --labels masks: labels are 0 (background), 1 (lesion) "
+                             "and, with K > 1, classes 2..K; a case with other values fails (default: 1)")
     parser.add_argument("--brain-label", action="store_true",
                         help="without --labels: write each case's brain mask as its label (for SSL "
                              "datasets, so that nnU-Net takes CT statistics from the brain)")
@@ -84,7 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-qc", action="store_true", help="do not write QC pictures")
     parser.add_argument("--name", help="dataset name in dataset.json (default: the output folder's name)")
     parser.add_argument("-j", "--jobs", type=int, default=1, help="cases processed in parallel (default: 1)")
-    parser.add_argument("--overwrite", action="store_true", help="redo cases whose outputs exist")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the output folder's contents completely (also a folder not made by "
+                             "preprocess-ct); without it, a run resumes the folder's own earlier run")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -92,13 +86,16 @@ def run(args: argparse.Namespace) -> int:
     from nnunet_ssl.ct.brain_mask import resolve_method
     from nnunet_ssl.ct.dataset import REPORT_NAME, run_dataset
     from nnunet_ssl.ct.pipeline import PreprocessConfig
+    from nnunet_ssl.ct.resample import parse_orientation
     from nnunet_ssl.errors import UserError
 
     if args.jobs < 1:
         raise UserError(f"-j/--jobs must be at least 1, got {args.jobs}")
+    if args.max_label < 1:
+        raise UserError(f"--max-label must be at least 1, got {args.max_label}")
     config = PreprocessConfig(
         channels=args.channels, spacing=tuple(args.spacing), brain_method=resolve_method(args.brain_mask),
-        orientation=None if args.orientation.lower() == "keep" else _orientation(args.orientation),
+        orientation=parse_orientation(args.orientation), max_label=args.max_label,
         clip=tuple(args.clip), mirror_transform=args.mirror_transform, skull_strip=not args.keep_head,
         background_hu=args.background, min_similarity=args.min_similarity,
         max_plane_angle_deg=args.max_plane_angle, check_hu=not args.no_hu_check, qc=not args.no_qc)

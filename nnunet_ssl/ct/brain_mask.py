@@ -37,7 +37,7 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_ssl.ct.io import CaseError
+from nnunet_ssl.ct.io import CaseError, read_image
 from nnunet_ssl.ct.resample import resample_like, resample_to_spacing
 from nnunet_ssl.errors import UserError
 
@@ -131,7 +131,7 @@ def _external_brain_mask(image: sitk.Image, method: str, timeout_s: float = 1800
         if proc.returncode != 0 or not masks:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no mask written"]
             raise CaseError(f"{EXECUTABLES[method]} failed (exit {proc.returncode}): {tail[0]}")
-        mask = sitk.ReadImage(str(masks[0]))
+        mask = read_image(masks[0], pixel_type=None)
     # tools may reorient or crop: put the mask back onto the input grid
     mask = sitk.Resample(mask > 0, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     return mask

@@ -7,16 +7,20 @@ Output layout (``OUTPUT_DIR`` is meant to be ``$nnUNet_raw/DatasetXXX_Name``)::
     labelsTr/CASE.nii.gz             lesion mask (when labels are given) or brain mask (brain_label)
     dataset.json                     channel_names, labels, numTraining, file_ending
     qc/CASE.png                      quality-control picture
-    meta/CASE.json                   per-case numbers; written last, marks the case done
+    meta/CASE.json                   per-case numbers and the settings' digest; written last, marks the case done
     preprocess_report.csv            one row per case: status, reason, timings, metrics
-    preprocess_config.json           the settings the folder was made with
+    preprocess_config.json           the settings the folder was made with (marks the folder as this command's)
 
-A case whose outputs and ``meta`` file exist is skipped on the next run, so an
-interrupted run picks up where it stopped. The input folders are only read.
+A case whose outputs exist and whose ``meta`` file records the current settings is
+skipped on the next run, so an interrupted run picks up where it stopped. A folder
+that this command did not make is refused; ``--overwrite`` empties the folder first,
+so it holds exactly the new outputs. Outputs are never deleted without it. The input
+folders are only read.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import time
@@ -27,6 +31,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
+from nnunet_ssl.ct.folders import clear_folder, read_json, writable_folder, write_json
 from nnunet_ssl.ct.io import CaseError, find_cases, write_image
 from nnunet_ssl.ct.pipeline import PreprocessConfig, preprocess_case
 from nnunet_ssl.errors import UserError
@@ -53,13 +58,30 @@ def case_outputs(out_dir: Path, case: str, config: PreprocessConfig, labelled: b
     return paths + [out_dir / "meta" / f"{case}.json"]
 
 
+def settings_digest(settings: dict) -> str:
+    """A short digest of the settings a case is made with (recorded in its ``meta`` file)."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def finished(outputs: list[Path], digest: str) -> dict | None:
+    """The ``meta`` record of a case finished with the settings of ``digest``, else ``None``.
+
+    A case made with other settings (an interrupted ``--overwrite``), one with a file
+    missing, or one whose ``meta`` file was cut short counts as not done.
+    """
+    if not all(p.exists() for p in outputs):
+        return None
+    meta = read_json(outputs[-1])
+    return meta if meta is not None and meta.get("settings_sha256") == digest else None
+
+
 def _remove(paths: list[Path]) -> None:
     for p in paths:
         p.unlink(missing_ok=True)
 
 
 def process_one(case: str, ct: Path, label: Path | None, mri: Path | None, out_dir: Path,
-                config: PreprocessConfig, threads: int = 0, brain_label: bool = False) -> dict:
+                config: PreprocessConfig, threads: int = 0, brain_label: bool = False, digest: str = "") -> dict:
     """Process and write one case; never raises for a bad case (returns its report row)."""
     if threads:
         sitk.ProcessObject_SetGlobalDefaultNumberOfThreads(threads)
@@ -94,8 +116,7 @@ def process_one(case: str, ct: Path, label: Path | None, mri: Path | None, out_d
     row["seconds_total"] = round(time.perf_counter() - start, 3)
     if row["status"] == "ok":
         meta = {k: v for k, v in row.items() if k not in ("status", "reason")}
-        outputs[-1].parent.mkdir(parents=True, exist_ok=True)
-        outputs[-1].write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        write_json(outputs[-1], {**meta, "settings_sha256": digest})
     else:
         _remove(outputs)  # leave no half-written case behind for nnU-Net to find
     return row
@@ -110,16 +131,24 @@ def _check_folders(input_dir: Path, output_dir: Path, others: list[Path]) -> Non
                             "choose an output folder outside the inputs (inputs are never modified)")
 
 
-def _check_config(output_dir: Path, settings: dict, overwrite: bool) -> None:
+def _check_output(output_dir: Path, settings: dict, overwrite: bool) -> None:
+    """Refuse an output folder this command cannot resume: not its own, or other settings."""
+    writable_folder(output_dir)
+    if overwrite:
+        return
     path = output_dir / CONFIG_NAME
-    if path.exists() and not overwrite:
-        old = json.loads(path.read_text(encoding="utf-8"))
+    if path.exists():
+        old = read_json(path)
+        if old is None:
+            raise UserError(f"{path} cannot be read (cut short?), so it is unknown how {output_dir} was made; "
+                            "use --overwrite to redo the folder")
         if old != settings:
             changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
             raise UserError(f"{output_dir} was made with other settings ({', '.join(changed)} differ); "
                             "use --overwrite to redo it, or another output folder")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(settings, indent=1), encoding="utf-8")
+    elif any(not e.name.startswith(".") for e in output_dir.iterdir()):
+        raise UserError(f"{output_dir} is not empty and was not made by preprocess-ct (no {CONFIG_NAME}); "
+                        "choose a new or empty folder, or pass --overwrite to replace its contents")
 
 
 def run_dataset(input_dir: Path | str, output_dir: Path | str, config: PreprocessConfig = PreprocessConfig(),
@@ -135,7 +164,8 @@ def run_dataset(input_dir: Path | str, output_dir: Path | str, config: Preproces
         labels_dir: Lesion masks matched by case id (CT space, or MRI space with ``mri_dir``).
         mri_dir: Paired MRIs matched by case id; labels are then propagated from them.
         jobs: Cases processed in parallel (separate processes).
-        overwrite: Redo cases whose outputs exist.
+        overwrite: Empty ``output_dir`` first and redo every case; without it a folder made
+            by this command with the same settings is resumed, anything else is refused.
         progress: Show a progress bar.
         dataset_name: ``name`` in ``dataset.json`` (default: the output folder's name).
         brain_label: Write each case's brain mask as its label (1 = brain), for
@@ -166,18 +196,28 @@ def run_dataset(input_dir: Path | str, output_dir: Path | str, config: Preproces
     settings = {**config.to_dict(), "labels": labels is not None, "mri": mris is not None,
                 "brain_label": brain_label}
     labelled = labels is not None or brain_label
-    _check_config(output_dir, settings, overwrite)
+    digest = settings_digest(settings)
+    _check_output(output_dir, settings, overwrite)
+    missing = {case: [n for n, d in (("label", labels), ("MRI", mris)) if d is not None and case not in d]
+               for case in cases}
+    kept = [c for c, m in missing.items() if m and any(p.exists() for p in case_outputs(output_dir, c, config,
+                                                                                          labelled))]
+    if kept and not overwrite:
+        raise UserError(f"{len(kept)} case(s) with outputs in {output_dir} have no {missing[kept[0]][0]} file "
+                        f"now ({', '.join(kept[:5])}); restore it, or pass --overwrite to redo the folder "
+                        "without them (outputs are never deleted without it)")
+    if overwrite:
+        clear_folder(output_dir)  # exactly the new outputs: no file of the earlier run survives
+    write_json(output_dir / CONFIG_NAME, settings)
 
     rows, tasks = [], []
     for case, ct in cases.items():
         done = case_outputs(output_dir, case, config, labelled)
-        missing = [n for n, d in (("label", labels), ("MRI", mris)) if d is not None and case not in d]
-        if missing:
-            _remove(done)
+        meta = finished(done, digest)
+        if missing[case]:
             rows.append({"case": case, "status": "failed",
-                         "reason": f"no {' and no '.join(missing)} file with this case id"})
-        elif not overwrite and all(p.exists() for p in done):
-            meta = json.loads(done[-1].read_text(encoding="utf-8"))
+                         "reason": f"no {' and no '.join(missing[case])} file with this case id"})
+        elif meta is not None:
             rows.append({**meta, "status": "skipped", "reason": "outputs exist (use --overwrite to redo)"})
         else:
             tasks.append((case, ct, labels[case] if labels else None, mris[case] if mris else None))
@@ -187,11 +227,11 @@ def run_dataset(input_dir: Path | str, output_dir: Path | str, config: Preproces
     bar = tqdm(total=len(tasks), desc="preprocess-ct", unit="case", disable=not progress or not tasks)
     if jobs == 1:
         for task in tasks:
-            rows.append(process_one(*task, output_dir, config, 0, brain_label))
+            rows.append(process_one(*task, output_dir, config, 0, brain_label, digest))
             bar.update()
     else:
         with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
-            futures = [pool.submit(process_one, *task, output_dir, config, threads, brain_label)
+            futures = [pool.submit(process_one, *task, output_dir, config, threads, brain_label, digest)
                        for task in tasks]
             for fut in as_completed(futures):
                 rows.append(fut.result())
@@ -221,14 +261,13 @@ def write_dataset_json(output_dir: Path, config: PreprocessConfig, rows: list[di
     ``label_name`` names label 1 (``"lesion"``, ``"brain"``), or ``None`` without labels.
     """
     done = [r for r in rows if r["status"] in ("ok", "skipped")]
+    # every value 0..max_label, so that the labels are consecutive as nnU-Net requires
     labels = {"background": 0, label_name or "lesion": 1}
-    for r in done:
-        for v in r.get("label_values", []):
-            if v > 1:
-                labels.setdefault(f"label_{v}", int(v))
+    if label_name != "brain":
+        labels.update({f"label_{v}": v for v in range(2, config.max_label + 1)})
     info = {
         "channel_names": {str(i): n for i, n in enumerate(config.channel_names)},
-        "labels": dict(sorted(labels.items(), key=lambda kv: kv[1])),
+        "labels": labels,
         "numTraining": len(done),
         "file_ending": FILE_ENDING,
         "name": name,

@@ -18,7 +18,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_ssl.ct.brain_mask import brain_mask, mask_volume_ml
-from nnunet_ssl.ct.io import CaseError, check_ct_hu, check_volume, read_image
+from nnunet_ssl.ct.io import CaseError, check_ct_hu, check_finite, check_same_grid, check_volume, read_image
 from nnunet_ssl.ct.labels import propagate_label
 from nnunet_ssl.ct.resample import resample_like, resample_to_spacing
 from nnunet_ssl.ct.symmetry import SymmetryResult, contralateral_image, difference_image
@@ -56,6 +56,8 @@ class PreprocessConfig:
             reflection (only checked for rigid mirror registration).
         check_hu: Reject images whose intensities do not look like CT in HU.
         qc: Write a QC picture per case.
+        max_label: Largest label value: labels are 0 (background), 1 (lesion) and 2..max_label;
+            a case with any other value (255, -1, ...) fails, since nnU-Net needs consecutive labels.
     """
 
     channels: str = "ct"
@@ -72,6 +74,7 @@ class PreprocessConfig:
     max_plane_residual_deg: float = 5.0
     check_hu: bool = True
     qc: bool = True
+    max_label: int = 1
 
     def __post_init__(self) -> None:
         if self.channels not in CHANNELS:
@@ -131,12 +134,26 @@ def check_symmetry(res: SymmetryResult, config: PreprocessConfig) -> None:
 
 
 def _as_image(x: sitk.Image | Path | str) -> sitk.Image:
-    return x if isinstance(x, sitk.Image) else read_image(x)
+    if isinstance(x, sitk.Image):
+        check_finite(x)
+        return x
+    return read_image(x)
 
 
-def _as_label(x: sitk.Image | Path | str) -> sitk.Image:
+def _as_label(x: sitk.Image | Path | str, max_label: int) -> sitk.Image:
     # masks saved as float (0.0/1.0, sometimes 0.9999) must round, not truncate
-    return sitk.Cast(sitk.Round(sitk.Cast(_as_image(x), sitk.sitkFloat32)), sitk.sitkUInt8)
+    lab = sitk.Round(sitk.Cast(_as_image(x), sitk.sitkFloat32))
+    values = np.unique(sitk.GetArrayViewFromImage(lab))
+    odd = [f"{v:g}" for v in values if not 0 <= v <= max_label]
+    if odd:
+        allowed = "0 (background) and 1 (lesion)" if max_label == 1 else f"0 (background) to {max_label}"
+        raise CaseError(f"label values {', '.join(odd)} found; labels must be {allowed} (nnU-Net needs "
+                        "consecutive labels): fix the mask, or pass --max-label for more classes")
+    return sitk.Cast(lab, sitk.sitkUInt8)
+
+
+def _name(x: sitk.Image | Path | str, default: str) -> str:
+    return default if isinstance(x, sitk.Image) else f"{default} {Path(x).name}"
 
 
 def preprocess_case(ct: sitk.Image | Path | str, config: PreprocessConfig = PreprocessConfig(),
@@ -177,6 +194,7 @@ def _preprocess(ct: sitk.Image | Path | str, config: PreprocessConfig, label: si
     with _timed(info, "read"):
         image = _as_image(ct)
         check_volume(image, "CT")
+        source = image  # the grid a label in CT space must be on
         info["input_size"] = "x".join(str(s) for s in image.GetSize())
         info["input_spacing"] = "x".join(f"{s:.3g}" for s in image.GetSpacing())
         info["input_orientation"] = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(
@@ -213,7 +231,7 @@ def _preprocess(ct: sitk.Image | Path | str, config: PreprocessConfig, label: si
 
     if label is not None:
         with _timed(info, "labels"):
-            lab = _as_label(label)
+            lab = _as_label(label, config.max_label)
             check_volume(lab, "label")
             if mri is not None:
                 mri_img = _as_image(mri)
@@ -222,10 +240,8 @@ def _preprocess(ct: sitk.Image | Path | str, config: PreprocessConfig, label: si
                 out.label = prop.label
                 info.update(label_metric=round(prop.metric, 4), label_coverage=round(prop.coverage, 3))
             else:
+                check_same_grid(source, lab, _name(label, "label"))
                 out.label = resample_like(lab, image, is_mask=True)
-                lost = not np.any(sitk.GetArrayViewFromImage(out.label))
-                if lost and np.any(sitk.GetArrayViewFromImage(lab)):
-                    raise CaseError("the label does not overlap the CT in physical space")
             values = np.unique(sitk.GetArrayViewFromImage(out.label))
             info["label_values"] = [int(v) for v in values]
 

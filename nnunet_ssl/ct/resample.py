@@ -14,8 +14,31 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_ssl.ct.io import CaseError
+from nnunet_ssl.errors import UserError
 
 AIR_HU = -1024.0
+_AXIS_OF_LETTER = {"L": 0, "R": 0, "P": 1, "A": 1, "S": 2, "I": 2}
+
+
+def parse_orientation(text: str, option: str = "--orientation") -> str | None:
+    """An axis-order code (``LPS``, ``RAS``, ...) checked, upper-cased; ``None`` for ``keep``.
+
+    Raises:
+        UserError: Not three letters naming each axis (L/R, P/A, S/I) once.
+
+    Example:
+        >>> parse_orientation("ras"), parse_orientation("keep")
+        ('RAS', None)
+    """
+    text = str(text)
+    if text.lower() == "keep":
+        return None
+    code = text.upper()
+    axes = [_AXIS_OF_LETTER.get(c) for c in code]
+    if len(code) != 3 or None in axes or sorted(axes) != [0, 1, 2]:
+        raise UserError(f"{option} must be three letters naming each axis once (one of L/R, one of P/A, "
+                        f"one of S/I, e.g. LPS or RAS), or 'keep'; got '{text}'")
+    return code
 
 
 def _direction(image: sitk.Image) -> np.ndarray:

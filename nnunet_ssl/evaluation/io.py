@@ -81,15 +81,12 @@ def read_label_map(path: Path) -> tuple[np.ndarray, tuple[float, ...], Any]:
         UserError: values that are not non-negative integers (a probability map,
             an intensity image).
     """
-    import SimpleITK as sitk
+    from nnunet_ssl.ct.io import CaseError, read_image
 
     try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        raise UserError(f"Cannot read {path}: {str(e).strip().splitlines()[-1]}") from None
-    if image.GetNumberOfComponentsPerPixel() != 1:
-        raise UserError(f"{path} has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
-                        "a label map has one.")
+        image = read_image(path, pixel_type=None)  # detects truncated and corrupt files
+    except CaseError as e:
+        raise UserError(f"{path}: {e}") from None
     array = sitk.GetArrayViewFromImage(image)
     if not np.issubdtype(array.dtype, np.integer):
         if not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array)):

@@ -1,0 +1,67 @@
+"""Output folders of the data-preparation commands: writable, replaced completely, side files whole.
+
+``preprocess-ct`` and ``prepare-ssl`` share these rules: an output path that is a file
+or cannot be written is refused before any work with one message, a folder is emptied
+completely when it is replaced (no file of an earlier run survives), and JSON side files
+are written atomically so that an interruption leaves the old file or the new one, never half.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from nnunet_ssl.errors import UserError
+
+
+def writable_folder(path: Path | str, what: str = "output folder") -> Path:
+    """Create ``path`` (with its parents) and check that files can be written in it.
+
+    Raises:
+        UserError: ``path`` is a file, or the folder cannot be created or written to
+            (read-only disk, no permission, a parent that is a file).
+
+    Example:
+        >>> writable_folder("nnUNet_raw/Dataset501_NCCT")  # doctest: +SKIP
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} {path} is a file; give a folder (a new one is created)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise UserError(f"cannot write {what} {path}: {reason}; choose a folder you can write to") from None
+    return path
+
+
+def clear_folder(path: Path) -> None:
+    """Remove everything inside ``path`` (the folder itself stays, with its permissions)."""
+    for entry in Path(path).iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write ``data`` as JSON through a temporary file and a rename (atomic on one file system)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict | None:
+    """The JSON object in ``path``, or ``None`` when it is missing, cut short or not an object."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
