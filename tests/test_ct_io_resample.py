@@ -28,9 +28,11 @@ def test_case_id_strips_suffixes_and_channel_index(tmp_path):
 
 
 def test_find_cases_skips_sidecars_and_rejects_duplicates(tmp_path):
-    for name in ["b.nii.gz", "a_0000.nii.gz", "a.json", ".hidden.nii.gz"]:
+    for name in ["b_0000.nii.gz", "a_0000.nii.gz", "a.json", ".hidden.nii.gz"]:
         (tmp_path / name).write_bytes(b"")
-    assert list(find_cases(tmp_path)) == ["a", "b"]
+    assert list(find_cases(tmp_path)) == ["a", "b"]  # nnU-Net's layout: _0000 is the channel
+    (tmp_path / "b_0000.nii.gz").rename(tmp_path / "b.nii.gz")
+    assert list(find_cases(tmp_path)) == ["a_0000", "b"]  # not every file has a channel suffix
     (tmp_path / "b.nrrd").write_bytes(b"")
     with pytest.raises(UserError, match="both give case id 'b'"):
         find_cases(tmp_path)

@@ -81,6 +81,8 @@ def read_label_map(path: Path) -> tuple[np.ndarray, tuple[float, ...], Any]:
         UserError: values that are not non-negative integers (a probability map,
             an intensity image).
     """
+    import SimpleITK as sitk
+
     from nnunet_ssl.ct.io import CaseError, read_image
 
     try:
