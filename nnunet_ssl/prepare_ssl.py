@@ -129,7 +129,7 @@ def parse_inputs(inputs: Sequence[str]) -> list[tuple[str, Path]]:
     names = Counter(n for n, _ in parsed)
     dup = [n for n, c in names.items() if c > 1]
     if dup:
-        raise UserError(f"two input folders give the source name {dup[0]!r}; name them with NAME=DIR "
+        raise UserError(f"two input folders give the source name '{dup[0]}'; name them with NAME=DIR "
                         "(e.g. -i centre1=/data/a/ct centre2=/data/b/ct)")
     return parsed
 
@@ -149,14 +149,14 @@ def collect_tasks(inputs: Sequence[tuple[str, Path]], mask_folders: Sequence[Pat
     for mf in mask_folders:
         for cid, path in find_cases(mf, "masks").items():
             if cid in masks:
-                raise UserError(f"masks {masks[cid]} and {path} are both for case {cid!r}; keep one")
+                raise UserError(f"masks {masks[cid]} and {path} are both for case '{cid}'; keep one")
             masks[cid] = path
     if masks:
         seen: dict[str, str] = {}
         for name, cases in per_source:
             for cid in cases:
                 if cid in seen:
-                    raise UserError(f"case {cid!r} is in inputs {seen[cid]!r} and {name!r}; masks are matched "
+                    raise UserError(f"case '{cid}' is in inputs '{seen[cid]}' and '{name}'; masks are matched "
                                     "by case name, so rename one of them")
                 seen[cid] = name
     tasks = []
@@ -165,7 +165,7 @@ def collect_tasks(inputs: Sequence[tuple[str, Path]], mask_folders: Sequence[Pat
         for cid, path in cases.items():
             out_id = f"{name}_{_safe(cid)}"
             if out_id in {t.case_id for t in tasks}:
-                raise UserError(f"cases of input {name!r} give the same case id {out_id!r} once unsafe "
+                raise UserError(f"cases of input '{name}' give the same case id '{out_id}' once unsafe "
                                 "characters are replaced; rename one of them")
             mask = masks.get(cid)
             if mask is not None:
@@ -326,7 +326,7 @@ def prepare_ssl_dataset(inputs: Sequence[str], dataset_id: int, name: str, raw_f
     if not 1 <= int(dataset_id) <= 999:
         raise UserError(f"dataset id must be 1-999, got {dataset_id}")
     if not re.fullmatch(r"[A-Za-z0-9-]+", name):
-        raise UserError(f"dataset name {name!r} may hold only letters, digits and '-'")
+        raise UserError(f"dataset name '{name}' may hold only letters, digits and '-'")
     if not options.min_brain_ml < options.max_brain_ml:
         raise UserError("--min-brain-ml must be below --max-brain-ml")
     if jobs < 1:
@@ -356,7 +356,7 @@ def prepare_ssl_dataset(inputs: Sequence[str], dataset_id: int, name: str, raw_f
         shutil.rmtree(work)  # left over by an interrupted run
     tasks, unused_masks = collect_tasks(sources, mask_folders, work)
     if unused_masks:
-        print(f"{len(unused_masks)} mask(s) match no input case, e.g. {unused_masks[0]!r}")
+        print(f"{len(unused_masks)} mask(s) match no input case, e.g. '{unused_masks[0]}'")
     work.mkdir()
     try:
         results = _run_tasks(tasks, options, jobs, progress)

@@ -276,6 +276,11 @@ def test_output_that_is_a_file_or_not_writable(tmp_path, raw, capsys, monkeypatc
     assert main(["prepare-ssl", "-i", str(tmp_path / "ct"), "-d", "612", "-n", "F", "--raw", str(afile),
                  "--no-progress"]) == 2
     assert "is a file" in capsys.readouterr().err
+    raw.mkdir()
+    (raw / "Dataset612_F").write_text("x", encoding="utf-8")
+    assert main(["prepare-ssl", "-i", str(tmp_path / "ct"), "-d", "612", "-n", "F", "--force", "--no-progress"]) == 2
+    assert "is a file" in capsys.readouterr().err
+    (raw / "Dataset612_F").unlink()
 
     import tempfile
 
