@@ -375,3 +375,21 @@ def test_invalid_orientation_codes_are_refused(tmp_path, raw, capsys):
         assert "--orientation" in err and "each axis once" in err and f"'{code}'" in err
     assert main(["preprocess-ct", str(src), str(tmp_path / "o"), "--orientation", "LLL"]) == 2
     assert "each axis once" in capsys.readouterr().err
+
+
+# kinds of non-image input, each with its reason
+
+def test_empty_4d_and_non_image_files_have_a_reason(tmp_path):
+    ph = write_cts(tmp_path / "ct", ["good"])
+    img = _img(ph.image)
+    (tmp_path / "ct" / "empty.nii.gz").write_bytes(b"")
+    (tmp_path / "ct" / "junk.nii.gz").write_bytes(b"hello")
+    sitk.WriteImage(img[:, :, 20], str(tmp_path / "ct" / "flat.nii.gz"))
+    sitk.WriteImage(sitk.JoinSeries([img, img]), str(tmp_path / "ct" / "four.nii.gz"))
+    rows = {r["case"]: r["reason"] for r in run_dataset(tmp_path / "ct", tmp_path / "out",
+                                                        PreprocessConfig(**FAST), progress=False)}
+    assert rows["good"] == ""
+    assert rows["empty"] == "cannot read empty.nii.gz: empty file (0 bytes)"
+    assert rows["junk"].startswith("cannot read junk.nii.gz: corrupt compressed data")
+    assert rows["flat"] == "CT is 2D; a 3D volume is required"
+    assert rows["four"] == "four.nii.gz is 4D; a 3D volume is required"

@@ -217,8 +217,8 @@ def read_image(path: Path | str, pixel_type: int | None = sitk.sitkFloat32) -> s
         The image; DICOM CT is rescaled to HU by the reader.
 
     Raises:
-        CaseError: The file cannot be read, is truncated or corrupt, is not scalar, or holds
-            NaN or infinite voxels.
+        CaseError: The file cannot be read, is empty, truncated or corrupt, is not scalar,
+            has more than 3 dimensions, or holds NaN or infinite voxels.
 
     Example:
         >>> ct = read_image("raw_ct/sub-01.nii.gz")  # doctest: +SKIP
@@ -226,6 +226,8 @@ def read_image(path: Path | str, pixel_type: int | None = sitk.sitkFloat32) -> s
     path = Path(path)
     if not path.exists():
         raise CaseError(f"cannot read {path.name}: no such file or folder")
+    if path.is_file() and path.stat().st_size == 0:
+        raise CaseError(f"cannot read {path.name}: empty file (0 bytes)")
     check_image_file(path)
     try:
         image = read_dicom_series(path) if path.is_dir() else sitk.ReadImage(str(path))
@@ -235,6 +237,8 @@ def read_image(path: Path | str, pixel_type: int | None = sitk.sitkFloat32) -> s
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise CaseError(f"{path.name} has {image.GetNumberOfComponentsPerPixel()} components "
                         "per voxel; expected a scalar (greyscale) volume")
+    if image.GetDimension() not in (2, 3):  # SimpleITK filters (even a cast) stop at 3D
+        raise CaseError(f"{path.name} is {image.GetDimension()}D; a 3D volume is required")
     check_finite(image, path.name)
     return image if pixel_type is None else sitk.Cast(image, pixel_type)
 
