@@ -199,6 +199,50 @@ def test_overwrite_leaves_exactly_the_new_outputs(tmp_path):
     verify_dataset_integrity(str(out), num_processes=1)
 
 
+def test_overwrite_replaces_only_the_commands_own_entries(tmp_path, capsys):
+    from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+
+    write_cts(tmp_path / "ct", ["a", "b"], labels=tmp_path / "labels")
+    out = tmp_path / "Dataset779_Shared"
+    run_dataset(tmp_path / "ct", out, PreprocessConfig(channels="ct+diff", spacing=(3.0, 3.0, 3.0)),
+                labels_dir=tmp_path / "labels", progress=False)
+    assert (out / "qc" / "b.png").is_file() and (out / "imagesTr" / "b_0001.nii.gz").is_file()
+    # the user's own things beside the dataset, and a temporary file of an interrupted write
+    (out / "notes.txt").write_text("my notes", encoding="utf-8")
+    (out / "mine").mkdir()
+    (out / "mine" / "keep.nii.gz").write_bytes(b"not ours")
+    (out / f".{ct_dataset.CONFIG_NAME}.tmp").write_text("{", encoding="utf-8")
+    for folder in ("ct", "labels"):  # case b leaves the input
+        (tmp_path / folder / "b.nii.gz").unlink()
+
+    assert main(["preprocess-ct", str(tmp_path / "ct"), str(out), "--labels", str(tmp_path / "labels"),
+                 *PP, "--spacing", "3", "--overwrite"]) == 0
+    assert "kept 2 entries not written by preprocess-ct" in capsys.readouterr().out
+    assert (out / "notes.txt").read_text(encoding="utf-8") == "my notes"
+    assert (out / "mine" / "keep.nii.gz").read_bytes() == b"not ours"
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["imagesTr", "labelsTr", "meta", "dataset.json", "preprocess_report.csv", "preprocess_config.json",
+         "notes.txt", "mine"])  # no qc/ (--no-qc now), no leftover temporary file
+    assert sorted(p.name for p in (out / "imagesTr").iterdir()) == ["a_0000.nii.gz"]
+    assert sorted(p.name for p in (out / "labelsTr").iterdir()) == ["a.nii.gz"]
+    assert sorted(p.name for p in (out / "meta").iterdir()) == ["a.json"]
+    verify_dataset_integrity(str(out), num_processes=1)
+
+
+def test_removing_an_entry_that_is_a_link_keeps_what_it_points_to(tmp_path):
+    from nnunet_ssl.ct.folders import remove_entries
+
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "x_0000.nii.gz").write_bytes(b"theirs")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "imagesTr").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
+    assert remove_entries(out, ("imagesTr", "dataset.json")) == ["notes.txt"]
+    assert not (out / "imagesTr").exists() and not (out / "imagesTr").is_symlink()
+    assert (tmp_path / "elsewhere" / "x_0000.nii.gz").read_bytes() == b"theirs"
+
+
 # 6. label values nnU-Net refuses
 
 def test_odd_label_values_are_refused_with_the_values(tmp_path, capsys):

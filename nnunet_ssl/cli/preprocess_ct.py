@@ -77,8 +77,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", help="dataset name in dataset.json (default: the output folder's name)")
     parser.add_argument("-j", "--jobs", type=int, default=1, help="cases processed in parallel (default: 1)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace the output folder's contents completely (also a folder not made by "
-                             "preprocess-ct); without it, a run resumes the folder's own earlier run")
+                        help="remove the entries preprocess-ct writes in OUTPUT_DIR (the dataset's "
+                             "imagesTr, labelsTr and dataset.json, and its own side files) and redo every "
+                             "case; other files there are kept. Without it, a run resumes the folder's own "
+                             "earlier run")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

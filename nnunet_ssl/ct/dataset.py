@@ -13,9 +13,10 @@ Output layout (``OUTPUT_DIR`` is meant to be ``$nnUNet_raw/DatasetXXX_Name``)::
 
 A case whose outputs exist and whose ``meta`` file records the current settings is
 skipped on the next run, so an interrupted run picks up where it stopped. A folder
-that this command did not make is refused; ``--overwrite`` empties the folder first,
-so it holds exactly the new outputs. Outputs are never deleted without it. The input
-folders are only read.
+that this command did not make is refused; ``--overwrite`` first removes the entries
+above (:data:`OUTPUT_ENTRIES`, folders with all they hold), so they hold exactly the
+new outputs, and keeps anything else in the folder. Outputs are never deleted without
+it. The input folders are only read.
 """
 from __future__ import annotations
 
@@ -31,14 +32,18 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from nnunet_ssl.ct.folders import clear_folder, read_json, writable_folder, write_json
+from nnunet_ssl.ct.folders import read_json, remove_entries, writable_folder, write_json
 from nnunet_ssl.ct.io import CaseError, find_cases, write_image
 from nnunet_ssl.ct.pipeline import PreprocessConfig, preprocess_case
 from nnunet_ssl.errors import UserError
 
 FILE_ENDING = ".nii.gz"
+IMAGES_DIR, LABELS_DIR, DATASET_JSON = "imagesTr", "labelsTr", "dataset.json"
+QC_DIR, META_DIR = "qc", "meta"
 REPORT_NAME = "preprocess_report.csv"
 CONFIG_NAME = "preprocess_config.json"
+# every entry this command writes into OUTPUT_DIR; --overwrite removes exactly these
+OUTPUT_ENTRIES = (IMAGES_DIR, LABELS_DIR, DATASET_JSON, QC_DIR, META_DIR, REPORT_NAME, CONFIG_NAME)
 REPORT_COLUMNS = [
     "case", "status", "reason", "seconds_total", "seconds_read", "seconds_resample",
     "seconds_brain_mask", "seconds_contralateral", "seconds_labels", "seconds_write",
@@ -50,12 +55,12 @@ REPORT_COLUMNS = [
 
 def case_outputs(out_dir: Path, case: str, config: PreprocessConfig, labelled: bool) -> list[Path]:
     """Every file a finished case has in ``out_dir`` (the ``meta`` file last)."""
-    paths = [out_dir / "imagesTr" / f"{case}_{i:04d}{FILE_ENDING}" for i in range(len(config.channel_names))]
+    paths = [out_dir / IMAGES_DIR / f"{case}_{i:04d}{FILE_ENDING}" for i in range(len(config.channel_names))]
     if labelled:
-        paths.append(out_dir / "labelsTr" / f"{case}{FILE_ENDING}")
+        paths.append(out_dir / LABELS_DIR / f"{case}{FILE_ENDING}")
     if config.qc:
-        paths.append(out_dir / "qc" / f"{case}.png")
-    return paths + [out_dir / "meta" / f"{case}.json"]
+        paths.append(out_dir / QC_DIR / f"{case}.png")
+    return paths + [out_dir / META_DIR / f"{case}.json"]
 
 
 def settings_digest(settings: dict) -> str:
@@ -97,13 +102,13 @@ def process_one(case: str, ct: Path, label: Path | None, mri: Path | None, out_d
             write_image(sitk.Round(img) if pixel == sitk.sitkInt16 else img, path, pixel)
         if res.label is not None or brain_label:
             label_img = res.brain if brain_label else res.label
-            write_image(label_img, out_dir / "labelsTr" / f"{case}{FILE_ENDING}", sitk.sitkUInt8)
+            write_image(label_img, out_dir / LABELS_DIR / f"{case}{FILE_ENDING}", sitk.sitkUInt8)
         if config.qc:
             from nnunet_ssl.ct.qc import save_qc_png
 
             sym = res.symmetry
             title = case if sym is None else f"{case}  plane {sym.angle_deg:.1f} deg, similarity {sym.similarity:.2f}"
-            save_qc_png(out_dir / "qc" / f"{case}.png", res.ct, res.brain, res.contralateral,
+            save_qc_png(out_dir / QC_DIR / f"{case}.png", res.ct, res.brain, res.contralateral,
                         res.difference, (sym.normal, sym.offset) if sym else None, title)
         row["seconds_write"] = round(time.perf_counter() - t, 3)
         row.update(status="ok", reason="")
@@ -148,7 +153,8 @@ def _check_output(output_dir: Path, settings: dict, overwrite: bool) -> None:
                             "use --overwrite to redo it, or another output folder")
     elif any(not e.name.startswith(".") for e in output_dir.iterdir()):
         raise UserError(f"{output_dir} is not empty and was not made by preprocess-ct (no {CONFIG_NAME}); "
-                        "choose a new or empty folder, or pass --overwrite to replace its contents")
+                        "choose a new or empty folder, or pass --overwrite to replace the entries "
+                        f"preprocess-ct writes ({', '.join(OUTPUT_ENTRIES)}; other files are kept)")
 
 
 def run_dataset(input_dir: Path | str, output_dir: Path | str, config: PreprocessConfig = PreprocessConfig(),
@@ -164,8 +170,10 @@ def run_dataset(input_dir: Path | str, output_dir: Path | str, config: Preproces
         labels_dir: Lesion masks matched by case id (CT space, or MRI space with ``mri_dir``).
         mri_dir: Paired MRIs matched by case id; labels are then propagated from them.
         jobs: Cases processed in parallel (separate processes).
-        overwrite: Empty ``output_dir`` first and redo every case; without it a folder made
-            by this command with the same settings is resumed, anything else is refused.
+        overwrite: Remove this command's entries of ``output_dir`` first
+            (:data:`OUTPUT_ENTRIES`; anything else there is kept) and redo every case;
+            without it a folder made by this command with the same settings is resumed,
+            anything else is refused.
         progress: Show a progress bar.
         dataset_name: ``name`` in ``dataset.json`` (default: the output folder's name).
         brain_label: Write each case's brain mask as its label (1 = brain), for
@@ -207,7 +215,12 @@ def run_dataset(input_dir: Path | str, output_dir: Path | str, config: Preproces
                         f"now ({', '.join(kept[:5])}); restore it, or pass --overwrite to redo the folder "
                         "without them (outputs are never deleted without it)")
     if overwrite:
-        clear_folder(output_dir)  # exactly the new outputs: no file of the earlier run survives
+        # whole entries, so no file of the earlier run survives in them (an old _0001 channel)
+        foreign = remove_entries(output_dir, OUTPUT_ENTRIES)
+        if foreign:
+            print(f"kept {len(foreign)} {'entry' if len(foreign) == 1 else 'entries'} not written by "
+                  f"preprocess-ct in {output_dir}: "
+                  f"{', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}")
     write_json(output_dir / CONFIG_NAME, settings)
 
     rows, tasks = [], []
@@ -275,5 +288,5 @@ def write_dataset_json(output_dir: Path, config: PreprocessConfig, rows: list[di
                        f"spacing {list(config.spacing)} mm, clip {list(config.clip)} HU)"
                        + ("" if label_name else "; no labels (imagesTr only)"),
     }
-    (output_dir / "dataset.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
+    (output_dir / DATASET_JSON).write_text(json.dumps(info, indent=2), encoding="utf-8")
     return info

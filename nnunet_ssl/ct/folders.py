@@ -1,9 +1,10 @@
-"""Output folders of the data-preparation commands: writable, replaced completely, side files whole.
+"""Output folders of the data-preparation commands: writable, own entries replaced, side files whole.
 
 ``preprocess-ct`` and ``prepare-ssl`` share these rules: an output path that is a file
-or cannot be written is refused before any work with one message, a folder is emptied
-completely when it is replaced (no file of an earlier run survives), and JSON side files
-are written atomically so that an interruption leaves the old file or the new one, never half.
+or cannot be written is refused before any work with one message, replacing an output
+removes exactly the entries the command writes (whole, so no file of an earlier run
+survives in them) and nothing else the folder holds, and JSON side files are written
+atomically so that an interruption leaves the old file or the new one, never half.
 """
 from __future__ import annotations
 
@@ -40,20 +41,39 @@ def writable_folder(path: Path | str, what: str = "output folder") -> Path:
     return path
 
 
-def clear_folder(path: Path) -> None:
-    """Remove everything inside ``path`` (the folder itself stays, with its permissions)."""
-    for entry in Path(path).iterdir():
+def remove_entries(folder: Path, names: tuple[str, ...]) -> list[str]:
+    """Remove the entries ``names`` of ``folder`` (folders with all they hold) and nothing else.
+
+    The temporary file an interrupted :func:`write_json` may have left for one of them
+    goes too. A symbolic link is removed, never followed.
+
+    Returns:
+        The names of the other entries, which are kept (sorted).
+
+    Example:
+        >>> remove_entries(Path("out"), ("imagesTr", "dataset.json"))  # doctest: +SKIP
+        ['notes.txt']
+    """
+    folder = Path(folder)
+    own = set(names) | {_tmp_name(n) for n in names}
+    for name in sorted(own):
+        entry = folder / name
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
-        else:
+        elif entry.exists() or entry.is_symlink():
             entry.unlink()
+    return sorted(e.name for e in folder.iterdir() if e.name not in own)
+
+
+def _tmp_name(name: str) -> str:
+    return f".{name}.tmp"
 
 
 def write_json(path: Path, data: dict) -> None:
     """Write ``data`` as JSON through a temporary file and a rename (atomic on one file system)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(_tmp_name(path.name))
     tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
     os.replace(tmp, path)
 
