@@ -9,6 +9,7 @@ import SimpleITK as sitk
 from nnunet_ssl.cli.main import main
 from nnunet_ssl.ensemble import ensemble_folders, majority_vote
 from nnunet_ssl.errors import UserError
+from readonly import read_only
 
 SPACING, ORIGIN = (0.5, 0.6, 2.0), (10.0, -4.0, 3.0)
 DIRECTION = (0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
@@ -147,38 +148,14 @@ def test_existing_output_is_refused_without_force_and_replaced_completely_with_i
     assert (tmp_path / "seed0" / "case_001.nii.gz").is_file()
 
 
-def _read_only(folder, monkeypatch):
-    """Make ``folder`` read-only; where the tests run as root (who may write anyway) refuse writes under it."""
-    import os
-    import tempfile
-
-    os.chmod(folder, 0o500)
-    if os.access(folder, os.W_OK):
-        real_mkdtemp, real_mkdir = tempfile.mkdtemp, os.mkdir
-
-        def refuse(path):
-            if str(folder) in str(path):
-                raise PermissionError(13, "Permission denied", str(path))
-
-        monkeypatch.setattr(tempfile, "mkdtemp", lambda *a, **k: refuse(k.get("dir", "")) or real_mkdtemp(*a, **k))
-        monkeypatch.setattr(os, "mkdir", lambda p, *a, **k: refuse(p) or real_mkdir(p, *a, **k))
-
-
-def test_output_that_is_a_file_or_read_only_is_a_clear_error(tmp_path, capsys, monkeypatch):
-    import os
-
+def test_output_that_is_a_file_or_read_only_is_a_clear_error(tmp_path, capsys):
     runs = _three_runs(tmp_path)
     (tmp_path / "afile").write_text("x")
     assert main(["ensemble", "-i", *map(str, runs), "-o", str(tmp_path / "afile")]) == 2
     assert "is a file" in capsys.readouterr().err
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    _read_only(locked, monkeypatch)
-    try:
+    with read_only(tmp_path / "locked") as locked:
         assert main(["ensemble", "-i", *map(str, runs), "-o", str(locked / "vote")]) == 2
         assert "cannot write" in capsys.readouterr().err
-    finally:
-        os.chmod(locked, 0o700)
 
 
 def test_corrupt_files_are_named(tmp_path, capsys):
