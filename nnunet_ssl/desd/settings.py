@@ -112,6 +112,9 @@ class DeSDSettings:
             raise ValueError(f"Unknown SSL setting(s) {unknown}. Known settings: {sorted(known)}")
         words = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
 
+        def shown(value: Any) -> str:
+            return json.dumps(value) if isinstance(value, (str, int, float, list, tuple, type(None))) else repr(value)
+
         def scalar(name: str, kind: type, value: Any, example: Any):
             # JSON gives ints for whole floats and the command line bare strings: coerce what is exact, name the rest
             ok = {bool: isinstance(value, bool),
@@ -121,7 +124,7 @@ class DeSDSettings:
                   str: isinstance(value, str)}[kind]
             if not ok:
                 raise ValueError(f"SSL setting '{name}' must be {words[kind]} (e.g. {json.dumps(example)}), "
-                                 f"got {json.dumps(value) if isinstance(value, (str, int, float)) else value!r}")
+                                 f"got {shown(value)}")
             return kind(value)
 
         hints = typing.get_type_hints(cls)
@@ -139,7 +142,7 @@ class DeSDSettings:
                 example = list(f.default) if f.default is not None else [1.0, 1.0]
                 if not isinstance(value, (list, tuple)) or not value:
                     raise ValueError(f"SSL setting '{f.name}' must be a list (e.g. {json.dumps(example)}), "
-                                     f"got {json.dumps(value) if isinstance(value, (str, int, float)) else value!r}")
+                                     f"got {shown(value)}")
                 values[f.name] = tuple(scalar(f.name, args[0], v, example[0]) for v in value)
             else:
                 example = f.default if f.default is not None else {int: 1, float: 0.5, bool: True, str: "x"}[kind]
