@@ -185,6 +185,20 @@ def adapt_plans(plans: Mapping, fingerprint: Mapping, configurations: Sequence[s
     return plans
 
 
+def incomplete_plans_problem(plans: Mapping, plans_file: str | os.PathLike) -> Optional[str]:
+    """Why plans written by :func:`plan_target` cannot be used yet, or ``None``.
+
+    ``plan_target`` marks its plans ``ssl_source.complete = false`` until preprocessing has
+    finished, so that an interrupted run is recognised rather than trusted with missing cases.
+    """
+    source = plans.get("ssl_source")
+    if isinstance(source, Mapping) and source.get("complete") is False:
+        return (f"{plans_file} are incomplete: `nnunet-ssl plan-target` was interrupted before preprocessing "
+                f"finished; rerun `nnunet-ssl plan-target -d {plans.get('dataset_name')} --from "
+                f"{source.get('dataset_name')} -tp {plans.get('plans_name')}` (it resumes without --force)")
+    return None
+
+
 @dataclass(frozen=True)
 class TargetPlansResult:
     """What :func:`plan_target` wrote."""
