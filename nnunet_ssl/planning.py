@@ -34,15 +34,17 @@ def require_env(*names: str) -> None:
 
 
 @contextlib.contextmanager
-def nnunet_errors(dataset: str, folder: str = "nnUNet_preprocessed"):
+def nnunet_errors(dataset: str, folder: str = "nnUNet_preprocessed", checks: bool = True):
     """Turn nnU-Net's refusals of a dataset and failures to write its folders into one :class:`UserError`.
 
     nnU-Net's integrity check and fingerprinting stop with ``AssertionError``, ``RuntimeError`` or
-    ``FileNotFoundError`` and a reason; the reason is kept, the traceback dropped.
+    ``FileNotFoundError`` and a reason; the reason is kept, the traceback dropped. With ``checks``
+    false only failures to write are translated.
     """
+    refusals = (AssertionError, RuntimeError, FileNotFoundError) if checks else ()
     try:
         yield
-    except (AssertionError, RuntimeError, FileNotFoundError) as e:
+    except refusals as e:
         reason = " ".join(str(e).split()) or type(e).__name__
         raise UserError(f"nnU-Net's check of {dataset} failed: {reason}. Fix the dataset in nnUNet_raw (see "
                         "nnU-Net's dataset_format.md) or pass --no-verify to skip the check") from None
@@ -136,7 +138,7 @@ def plan_and_preprocess(dataset: str | int, planner: str = "default", base_featu
         _, plans_identifier = plan_experiment_dataset(dataset_id, planner_cls, gpu_memory_gb,
                                                       overwrite_plans_name=plans_name)
     _require_configurations(name, plans_identifier, configurations, previous)
-    with nnunet_errors(name):
+    with nnunet_errors(name, checks=False):
         if ssl:
             record_ssl_settings(name, plans_identifier, configurations, ssl)
         preprocess_dataset(dataset_id, plans_identifier, list(configurations),
