@@ -141,13 +141,17 @@ def _per_stage(values, ndim: int) -> list:
 
 
 def architecture_settings(architecture: Mapping) -> dict:
-    """The :data:`ARCHITECTURE_SETTINGS` of a plans ``architecture`` block or an nnssl ``architecture_plans``."""
+    """The :data:`ARCHITECTURE_SETTINGS` of a plans ``architecture`` block or an nnssl ``architecture_plans``.
+
+    Settings the block does not record are ``None`` (nnssl names its classes by short aliases such
+    as ``ResEncL``, so only nnU-Net's ``network_class_name`` counts as the class).
+    """
     kwargs = architecture.get("arch_kwargs") or {}
     ndim = 3 if "3d" in str(kwargs.get("conv_op", "3d")).lower() else 2
     return {
-        "network_class": architecture.get("network_class_name", architecture.get("arch_class_name")),
-        "strides": _per_stage(kwargs.get("strides"), ndim),
-        "kernel_sizes": _per_stage(kwargs.get("kernel_sizes"), ndim),
+        "network_class": architecture.get("network_class_name"),
+        "strides": _per_stage(kwargs["strides"], ndim) if kwargs.get("strides") else None,
+        "kernel_sizes": _per_stage(kwargs["kernel_sizes"], ndim) if kwargs.get("kernel_sizes") else None,
         "conv_op": kwargs.get("conv_op"),
         "norm_op": kwargs.get("norm_op"),
         "nonlin": kwargs.get("nonlin"),
@@ -168,7 +172,7 @@ def check_architecture(source: Optional[Mapping], target: Mapping, allowed: Sequ
         return
     pretrained, wanted = architecture_settings(source), architecture_settings(target)
     for name in ARCHITECTURE_SETTINGS:
-        if name not in allowed and pretrained[name] != wanted[name]:
+        if name not in allowed and pretrained[name] is not None and pretrained[name] != wanted[name]:
             raise UserError(f"{name} differ: SSL checkpoint {pretrained[name]}, target plans {wanted[name]}; the "
                             "pretrained weights were learnt for another topology. Plan the target from the SSL "
                             "plans (nnunet-ssl plan-target), or pass --allow-architecture-difference "
