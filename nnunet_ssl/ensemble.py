@@ -141,7 +141,9 @@ def _vote_case(name: str, folders: Sequence[Path], output: Path, rw) -> None:
             raise UserError(f"{name}: the geometry in {folder} (shape {seg.shape[1:]}, {_geometry(props)}) differs "
                             f"from {folders[0]} (shape {first_shape[1:]}, {_geometry(first_props)}); only "
                             "predictions of the same images can be ensembled")
-        maps.append(np.rint(seg).astype(np.int32))
+        if not np.issubdtype(seg.dtype, np.integer) and not np.array_equal(seg, np.round(seg)):
+            raise UserError(f"{folder / name} holds non-integer values (probabilities?); a vote needs label maps")
+        maps.append(seg.astype(np.int32))
     rw.write_seg(majority_vote(maps)[0], str(output / name), first_props)
 
 

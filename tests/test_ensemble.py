@@ -176,3 +176,15 @@ def test_corrupt_files_are_named(tmp_path, capsys):
     with pytest.raises(UserError, match=r"cannot read .*p0.*case_001\.pkl"):
         ensemble_folders(prob_runs, tmp_path / "avg", method="average")
     assert not (tmp_path / "avg").exists() and not (tmp_path / "vote").exists()
+
+
+def test_fractional_label_maps_are_refused(tmp_path):
+    # a probability map given as label maps (nnU-Net's reader already turns NaN into 0)
+    runs = _three_runs(tmp_path)
+    image = sitk.GetImageFromArray(np.where(RUNS[1] > 0, 0.6, 0).astype(np.float32))
+    image.SetSpacing(SPACING)
+    image.SetOrigin(ORIGIN)
+    image.SetDirection(DIRECTION)
+    sitk.WriteImage(image, str(runs[1] / "case_001.nii.gz"))
+    with pytest.raises(UserError, match=r"seed1.*case_001\.nii\.gz holds non-integer"):
+        ensemble_folders(runs, tmp_path / "vote")
