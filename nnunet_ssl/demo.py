@@ -31,9 +31,17 @@ SSL_ID, SSL_NAME = 990, "DemoSSL"
 TARGET_ID, TARGET_NAME = 991, "DemoStroke"
 FINETUNE_TRAINER = "nnUNetTrainer_Demo"
 TRAINERS_DIR = Path(__file__).resolve().parents[1] / "trainers"
-# what the demo writes into its output folder; --force removes exactly these
-DEMO_ENTRIES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "predictions", "evaluation",
-                "logs", "pretrained_encoder.pth", "demo_summary.json")
+RUNS = ("pretrained", "scratch")
+LOG_NAMES = ("plan_ssl", "plan_target", "pretrain", "transfer", *(f"finetune_{r}" for r in RUNS),
+             *(f"predict_{r}" for r in RUNS))
+_DATASETS = (f"Dataset{SSL_ID}_{SSL_NAME}", f"Dataset{TARGET_ID}_{TARGET_NAME}")
+# what the demo writes into its output folder (relative paths); --force removes exactly these, so that
+# a user's own datasets, predictions or notes that merely sit in the same nnU-Net folders stay
+DEMO_ENTRIES = (tuple(f"{root}/{d}" for root in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
+                      for d in _DATASETS)
+                + tuple(f"{folder}/{r}" for folder in ("predictions", "evaluation") for r in RUNS)
+                + tuple(f"logs/{name}.log" for name in LOG_NAMES)
+                + ("pretrained_encoder.pth", "demo_summary.json"))
 
 
 @dataclass(frozen=True)
@@ -67,12 +75,13 @@ def check_output_folder(output: Path, force: bool) -> None:
     if output.is_dir() and any(output.iterdir()):
         if not force:
             raise UserError(f"output folder {output} is not empty; choose another or pass --force "
-                            f"(which removes only the demo's own entries: {', '.join(DEMO_ENTRIES)})")
+                            f"(which removes only what the demo writes: its datasets {SSL_ID} and {TARGET_ID}, "
+                            "its predictions, evaluations, logs, pretrained_encoder.pth and demo_summary.json)")
         for name in DEMO_ENTRIES:
             path = output / name
-            if path.is_dir():
+            if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
-            elif path.exists():
+            elif path.exists() or path.is_symlink():
                 path.unlink()
     output.mkdir(parents=True, exist_ok=True)
 
@@ -134,9 +143,13 @@ def run_demo(output: Path, force: bool = False, config: DemoConfig = DemoConfig(
     from nnunet_ssl.phantom import write_phantom_dataset
 
     output = Path(output).resolve()
-    check_output_folder(output, force)
-    env = demo_environment(output)
-    run = Runner(output, env, 8, echo)
+    try:
+        check_output_folder(output, force)
+        env = demo_environment(output)
+        run = Runner(output, env, 8, echo)
+    except OSError as e:
+        raise UserError(f"cannot write the demo's output folder {output}: {e.strerror or e}; choose a folder "
+                        "you may write to with -o") from None
     c = config
 
     run.announce(f"writing phantoms: {c.n_labelled + c.n_unlabelled} for SSL, {c.n_labelled} labelled "
@@ -171,7 +184,7 @@ def run_demo(output: Path, force: bool = False, config: DemoConfig = DemoConfig(
     results = {}
     target_folder = (output / "nnUNet_results" / f"Dataset{TARGET_ID}_{TARGET_NAME}" /
                      f"{FINETUNE_TRAINER}__{_target_plans()}__3d_fullres")
-    for i, (name, extra) in enumerate((("pretrained", ["-pretrained_weights", str(weights)]), ("scratch", []))):
+    for i, (name, extra) in enumerate(zip(RUNS, (["-pretrained_weights", str(weights)], []))):
         if i == 0:
             run.announce("fine-tuning with stock nnU-Net: from the SSL encoder, then from scratch")
         run.command([_bin("nnUNetv2_train"), str(TARGET_ID), "3d_fullres", "0", "-tr", FINETUNE_TRAINER,

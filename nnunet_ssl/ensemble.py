@@ -23,6 +23,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional, Sequence
@@ -119,6 +121,13 @@ def _reader_writer(plans: Optional[dict], file_ending: str, example: Path):
     return determine_reader_writer_from_file_ending(file_ending, str(example), True, False)()
 
 
+def _unreadable(path: Path, error: BaseException) -> UserError:
+    """The error for a file that a reader could not parse (truncated, empty, not that format)."""
+    reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+    return UserError(f"cannot read {path}: {reason}; the file is damaged or not a prediction (re-run "
+                     "nnUNetv2_predict for that case)")
+
+
 def _vote_case(name: str, folders: Sequence[Path], output: Path, rw) -> None:
     maps, first_props = [], None
     from nnunet_ssl.ct.io import CaseError, check_image_file
@@ -128,14 +137,19 @@ def _vote_case(name: str, folders: Sequence[Path], output: Path, rw) -> None:
             check_image_file(folder / name)  # nnU-Net's reader would fill a truncated file with zeros
         except CaseError as e:
             raise UserError(f"{folder}: {e}") from None
-        seg, props = rw.read_seg(str(folder / name))
+        try:
+            seg, props = rw.read_seg(str(folder / name))
+        except Exception as e:  # readers raise RuntimeError (SimpleITK), ImageFileError (nibabel), OSError...
+            raise _unreadable(folder / name, e) from None
         if first_props is None:
             first_props, first_shape = props, seg.shape
         elif seg.shape != first_shape or not _same(_geometry(props), _geometry(first_props)):
             raise UserError(f"{name}: the geometry in {folder} (shape {seg.shape[1:]}, {_geometry(props)}) differs "
                             f"from {folders[0]} (shape {first_shape[1:]}, {_geometry(first_props)}); only "
                             "predictions of the same images can be ensembled")
-        maps.append(np.rint(seg).astype(np.int32))
+        if not np.issubdtype(seg.dtype, np.integer) and not np.array_equal(seg, np.round(seg)):
+            raise UserError(f"{folder / name} holds non-integer values (probabilities?); a vote needs label maps")
+        maps.append(seg.astype(np.int32))
     rw.write_seg(majority_vote(maps)[0], str(output / name), first_props)
 
 
@@ -150,7 +164,16 @@ def _average_case(npz_name: str, folders: Sequence[Path], output: Path, file_end
         pkl = folder / (stem + ".pkl")
         if not pkl.is_file():
             raise UserError(f"{pkl} is missing; nnUNetv2_predict --save_probabilities writes one beside each .npz")
-        geometry = _geometry(load_pickle(str(pkl)))
+        try:
+            geometry = _geometry(load_pickle(str(pkl)))
+        except Exception as e:  # UnpicklingError, EOFError, ...
+            raise _unreadable(pkl, e) from None
+        try:
+            with np.load(folder / npz_name) as archive:  # the index is at the end: a truncated file fails here
+                if "probabilities" not in archive.files:
+                    raise ValueError("no 'probabilities' array in it")
+        except Exception as e:  # BadZipFile, ValueError, OSError
+            raise _unreadable(folder / npz_name, e) from None
         if first is None:
             first = geometry
         elif not _same(geometry, first):
@@ -161,11 +184,39 @@ def _average_case(npz_name: str, folders: Sequence[Path], output: Path, file_end
                     save_probabilities)
     except ValueError as e:  # probability arrays that do not broadcast
         raise UserError(f"{stem}: the runs' probability arrays differ in shape ({e})") from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # damaged inside, past the index
+        raise UserError(f"cannot read the probabilities of {stem}: {e}; re-run nnUNetv2_predict for that case") \
+            from None
+
+
+def _check_output(output: Path, inputs: Sequence[Path], force: bool) -> None:
+    """Refuse an output that is a file, holds something (unless ``force``) or holds an input."""
+    if output.exists() and not output.is_dir():
+        raise UserError(f"the output {output} is a file; give a folder")
+    if output.is_dir() and any(output.iterdir()):
+        if not force:
+            raise UserError(f"the output folder {output} is not empty (another run's predictions?); choose "
+                            "another or pass --force to replace its whole content")
+        inside = [f for f in inputs if output.resolve() in f.resolve().parents]
+        if inside:
+            raise UserError(f"the input {inside[0]} lies inside the output folder {output}; --force would delete "
+                            "it: choose another output folder")
+
+
+def _publish(staging: Path, output: Path) -> None:
+    """Put the finished staging folder in place of ``output`` (its earlier content removed)."""
+    if output.is_dir():
+        old = Path(tempfile.mkdtemp(prefix=f".{output.name}.old.", dir=output.parent))
+        os.replace(output, old / output.name)
+        os.replace(staging, output)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, output)
 
 
 def ensemble_folders(inputs: Sequence[str | os.PathLike], output: str | os.PathLike, method: str = "majority",
                      file_ending: Optional[str] = None, save_probabilities: bool = False,
-                     num_processes: int = 1) -> EnsembleReport:
+                     num_processes: int = 1, force: bool = False) -> EnsembleReport:
     """Combine the predictions of several runs, case by case, into ``output``.
 
     Args:
@@ -176,6 +227,7 @@ def ensemble_folders(inputs: Sequence[str | os.PathLike], output: str | os.PathL
         file_ending: Label-map ending; default: ``file_ending`` of the first run's ``dataset.json``.
         save_probabilities: With ``average``, also write the mean probabilities (``.npz`` + ``.pkl``).
         num_processes: Cases processed in parallel.
+        force: Replace the content of a non-empty ``output`` completely (without it, refused).
 
     Example:
         >>> ensemble_folders(["pred_seed0", "pred_seed1", "pred_seed2"], "pred_vote")  # doctest: +SKIP
@@ -194,6 +246,7 @@ def ensemble_folders(inputs: Sequence[str | os.PathLike], output: str | os.PathL
     output = Path(output)
     if output.resolve() in resolved:
         raise UserError(f"the output folder {output} is one of the inputs; choose another")
+    _check_output(output, folders, force)
     if save_probabilities and method != "average":
         raise UserError("--save-probabilities needs --method average (a vote has no probabilities)")
     if num_processes < 1:
@@ -225,8 +278,11 @@ def ensemble_folders(inputs: Sequence[str | os.PathLike], output: str | os.PathL
                 for c in npz]
 
     # write into a staging folder beside the output, so that a refusal half-way leaves nothing behind
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    except OSError as e:
+        raise UserError(f"cannot write the output folder {output}: {e.strerror or e}") from None
     try:
         jobs = [(fn, tuple(staging if a is output else a for a in args)) for fn, args in jobs]
         if num_processes == 1:
@@ -242,9 +298,9 @@ def ensemble_folders(inputs: Sequence[str | os.PathLike], output: str | os.PathL
         for name in ("dataset.json", "plans.json"):
             if (folders[0] / name).is_file():
                 shutil.copyfile(folders[0] / name, staging / name)
-        output.mkdir(exist_ok=True)
-        for f in staging.iterdir():
-            os.replace(f, output / f.name)
+        _publish(staging, output)
+    except OSError as e:
+        raise UserError(f"cannot write the output folder {output}: {e.strerror or e}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return EnsembleReport(output, method, len(folders), cases)

@@ -33,6 +33,36 @@ def require_env(*names: str) -> None:
                         "(export nnUNet_raw=..., nnUNet_preprocessed=..., nnUNet_results=...)")
 
 
+@contextlib.contextmanager
+def nnunet_errors(dataset: str, folder: str = "nnUNet_preprocessed", checks: bool = True):
+    """Turn nnU-Net's refusals of a dataset and failures to write its folders into one :class:`UserError`.
+
+    nnU-Net's integrity check and fingerprinting stop with ``AssertionError``, ``RuntimeError`` or
+    ``FileNotFoundError`` and a reason; the reason is kept, the traceback dropped. With ``checks``
+    false only failures to write are translated.
+    """
+    refusals = (AssertionError, RuntimeError, FileNotFoundError) if checks else ()
+    try:
+        yield
+    except refusals as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise UserError(f"nnU-Net's check of {dataset} failed: {reason}. Fix the dataset in nnUNet_raw (see "
+                        "nnU-Net's dataset_format.md) or pass --no-verify to skip the check") from None
+    except OSError as e:
+        raise UserError(f"cannot write {e.filename or os.environ.get(folder, folder)}: {e.strerror or e}; "
+                        f"{folder} must be a folder you may write to") from None
+
+
+def default_plans_identifier(planner: str) -> str:
+    """The plans name a :data:`PLANNERS` preset writes by default (its class's ``plans_name`` default)."""
+    import importlib
+    import inspect
+
+    module, cls_name = PLANNERS[planner]
+    cls = getattr(importlib.import_module(module), cls_name)
+    return inspect.signature(cls.__init__).parameters["plans_name"].default
+
+
 def dataset_name(dataset: str | int) -> str:
     """``"3"``, ``3`` or ``"Dataset003_X"`` -> ``"Dataset003_X"``, with a clear error when missing."""
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
@@ -48,7 +78,7 @@ def plan_and_preprocess(dataset: str | int, planner: str = "default", base_featu
                         gpu_memory_gb: Optional[float] = None, plans_name: Optional[str] = None,
                         configurations: Sequence[str] = ("3d_fullres",),
                         ssl_settings: Optional[Mapping] = None, num_processes: int = 2,
-                        verify: bool = True, max_features: Optional[int] = None) -> str:
+                        verify: bool = True, max_features: Optional[int] = None, force: bool = False) -> str:
     """Fingerprint, plan and preprocess one dataset; return the plans name.
 
     Args:
@@ -63,6 +93,12 @@ def plan_and_preprocess(dataset: str | int, planner: str = "default", base_featu
         num_processes: Worker processes for fingerprinting and preprocessing.
         verify: Run nnU-Net's dataset integrity check first.
         max_features: Cap on the features per stage (nnU-Net: 320 in 3D, 512 in 2D).
+        force: Replace plans of that name (and their ``ssl`` blocks); without it existing plans are refused.
+
+    Raises:
+        UserError: existing plans without ``force``; a configuration asked for that nnU-Net did not
+            plan for this dataset (the plans are then left as they were); nnU-Net's refusal of the
+            dataset, with its reason; a folder that cannot be written.
     """
     import importlib
 
@@ -86,19 +122,51 @@ def plan_and_preprocess(dataset: str | int, planner: str = "default", base_featu
         raise UserError(str(e)) from None
     name = dataset_name(dataset)
     dataset_id = convert_dataset_name_to_id(name)
+    path = plans_path(name, plans_name or default_plans_identifier(planner))
+    previous = open(path, "rb").read() if os.path.isfile(path) else None
+    if previous is not None and not force:
+        raise UserError(f"{path} exists (planned before, with its ssl settings); pass --force to replace it, or "
+                        "choose another plans name with -p")
 
-    extract_fingerprint_dataset(dataset_id, num_processes=num_processes, check_dataset_integrity=verify,
-                                clean=True, verbose=False)
+    with nnunet_errors(name):
+        extract_fingerprint_dataset(dataset_id, num_processes=num_processes, check_dataset_integrity=verify,
+                                    clean=True, verbose=False)
     module, cls_name = PLANNERS[planner]
     base_cls = getattr(importlib.import_module(module), cls_name)
     planner_cls = _with_network_size(base_cls, base_features, max_features)
-    with _at_least_one_da_process():
+    with nnunet_errors(name), _at_least_one_da_process():
         _, plans_identifier = plan_experiment_dataset(dataset_id, planner_cls, gpu_memory_gb,
                                                       overwrite_plans_name=plans_name)
-    if ssl:
-        record_ssl_settings(name, plans_identifier, configurations, ssl)
-    preprocess_dataset(dataset_id, plans_identifier, list(configurations), [num_processes] * len(configurations))
+    _require_configurations(name, plans_identifier, configurations, previous)
+    with nnunet_errors(name, checks=False):
+        if ssl:
+            record_ssl_settings(name, plans_identifier, configurations, ssl)
+        preprocess_dataset(dataset_id, plans_identifier, list(configurations),
+                           [num_processes] * len(configurations))
     return plans_identifier
+
+
+def _require_configurations(name: str, plans_identifier: str, configurations: Sequence[str],
+                            previous: Optional[bytes]) -> None:
+    """Refuse configurations nnU-Net did not plan (it would skip them, and the SSL settings with them).
+
+    nnU-Net plans ``3d_fullres`` only for 3D data and ``3d_lowres`` only for large images; the plans
+    just written are put back as they were before the refusal.
+    """
+    path = plans_path(name, plans_identifier)
+    with open(path, encoding="utf-8") as f:
+        planned = list(json.load(f)["configurations"])
+    missing = [c for c in configurations if c not in planned]
+    if not missing:
+        return
+    if previous is None:
+        os.remove(path)
+    else:
+        with open(path, "wb") as f:
+            f.write(previous)
+    raise UserError(f"nnU-Net planned no {', '.join(missing)} configuration for {name} (it planned "
+                    f"{', '.join(planned)}); nothing was preprocessed. Pass -c with one of those (for 2d, an "
+                    "SSL view_size with two axes, e.g. --ssl 'view_size=[112,112]')")
 
 
 def _with_network_size(base_cls, base_features: Optional[int], max_features: Optional[int] = None):

@@ -14,13 +14,16 @@ kept from the SSL plans
 recomputed for the target
     ``patch_size`` (covers the target's median shape at that spacing, a multiple of
     the strides' product per axis, and no more memory than the SSL patch),
-    ``batch_size`` (the SSL batch scaled by the memory freed, capped at 5 % of the
-    dataset like nnU-Net), ``median_image_size_in_voxels`` and the
+    ``batch_size`` (the SSL batch scaled by the memory freed, capped at the fraction of
+    the dataset that the SSL plans' planner allows: 5 % for nnU-Net's default planner,
+    100 % for its residual-encoder presets), ``median_image_size_in_voxels`` and the
     ``original_median_*`` entries;
 dropped
     configurations not asked for, and the SSL settings (``ssl`` blocks): they
     describe pretraining, not this dataset. An ``ssl_source`` entry records where
-    the plans came from.
+    the plans came from, and ``complete``: ``false`` while preprocessing runs, so
+    that plans left by an interrupted run are recognised (``nnunet-ssl-transfer``
+    refuses them, rerunning ``plan-target`` resumes).
 
 Every class the plans name is a stock nnU-Net class, so ``nnUNetv2_train``,
 ``-pretrained_weights`` and ``nnUNetv2_predict`` use them unchanged.
@@ -40,7 +43,7 @@ import numpy as np
 
 from nnunet_ssl.errors import UserError
 
-# nnU-Net never lets a batch see more than this fraction of the dataset's voxels
+# nnU-Net's default planner never lets a batch see more than this fraction of the dataset's voxels
 MAX_DATASET_COVERED = 0.05
 MIN_BATCH_SIZE = 2
 
@@ -129,9 +132,31 @@ def resolved_configuration(plans: Mapping, name: str) -> dict:
     return copy.deepcopy(dict(conf))
 
 
+def planner_max_dataset_covered(planner_class_name: Optional[str], ssl_dataset: str) -> float:
+    """``max_dataset_covered`` of the nnU-Net planner that made the SSL plans (their ``experiment_planner_used``).
+
+    nnU-Net's default planner lets a batch cover at most 5 % of the dataset, its residual-encoder
+    presets 100 %; the value is set in the planner's constructor, so the planner is built on the
+    SSL dataset (which it reads, nothing more). An unknown planner gets nnU-Net's default.
+    """
+    import nnunetv2
+    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+
+    if not planner_class_name:
+        return MAX_DATASET_COVERED
+    cls = recursive_find_python_class(os.path.join(nnunetv2.__path__[0], "experiment_planning"),
+                                      planner_class_name, current_module="nnunetv2.experiment_planning")
+    if cls is None:
+        print(f"Note: planner {planner_class_name} of the SSL plans is not an nnU-Net planner; the batch is capped "
+              f"at nnU-Net's default {MAX_DATASET_COVERED} of the dataset")
+        return MAX_DATASET_COVERED
+    return float(cls(ssl_dataset).max_dataset_covered)
+
+
 def adapt_plans(plans: Mapping, fingerprint: Mapping, configurations: Sequence[str], n_training: int,
                 ssl_dataset_name: str, ssl_plans_name: str, ssl_intensity_properties: Mapping,
-                cost_for: Optional[Callable[[dict], Callable[[Sequence[int]], float]]] = None) -> dict:
+                cost_for: Optional[Callable[[dict], Callable[[Sequence[int]], float]]] = None,
+                max_dataset_covered: float = MAX_DATASET_COVERED) -> dict:
     """Adapt plans copied from the SSL dataset to the target's fingerprint (see the module docstring).
 
     Args:
@@ -143,6 +168,8 @@ def adapt_plans(plans: Mapping, fingerprint: Mapping, configurations: Sequence[s
         ssl_intensity_properties: The SSL plans' ``foreground_intensity_properties_per_channel``.
         cost_for: ``cost_for(configuration) -> cost(patch)``, the memory proxy of that configuration's
             network (default: voxel count).
+        max_dataset_covered: Largest fraction of the dataset's voxels one batch may cover (the SSL
+            plans' planner's value, :func:`planner_max_dataset_covered`).
 
     Returns:
         New plans (the input is not modified).
@@ -167,7 +194,7 @@ def adapt_plans(plans: Mapping, fingerprint: Mapping, configurations: Sequence[s
         cost = cost or (lambda p: float(np.prod(p, dtype=np.float64)))
         batch = int(conf["batch_size"] * cost(conf["patch_size"]) // max(cost(patch), 1.0))
         n_vox = float(np.prod(median, dtype=np.float64)) * n_training
-        batch = max(min(batch, round(n_vox * MAX_DATASET_COVERED / float(np.prod(patch, dtype=np.float64)))),
+        batch = max(min(batch, round(n_vox * max_dataset_covered / float(np.prod(patch, dtype=np.float64)))),
                     MIN_BATCH_SIZE)
         raw["patch_size"] = [int(p) for p in patch]
         raw["batch_size"] = int(batch)
@@ -179,10 +206,25 @@ def adapt_plans(plans: Mapping, fingerprint: Mapping, configurations: Sequence[s
     plans["foreground_intensity_properties_per_channel"] = copy.deepcopy(dict(ssl_intensity_properties))
     plans["ssl_source"] = {
         "dataset_name": ssl_dataset_name, "plans_name": ssl_plans_name, "configurations": report,
+        "max_dataset_covered": max_dataset_covered,
         "note": "architecture, spacing, transpose, normalisation and intensity statistics come from the SSL "
                 "plans; patch and batch size were fitted to this dataset",
     }
     return plans
+
+
+def incomplete_plans_problem(plans: Mapping, plans_file: str | os.PathLike) -> Optional[str]:
+    """Why plans written by :func:`plan_target` cannot be used yet, or ``None``.
+
+    ``plan_target`` marks its plans ``ssl_source.complete = false`` until preprocessing has
+    finished, so that an interrupted run is recognised rather than trusted with missing cases.
+    """
+    source = plans.get("ssl_source")
+    if isinstance(source, Mapping) and source.get("complete") is False:
+        return (f"{plans_file} are incomplete: `nnunet-ssl plan-target` was interrupted before preprocessing "
+                f"finished; rerun `nnunet-ssl plan-target -d {plans.get('dataset_name')} --from "
+                f"{source.get('dataset_name')} -tp {plans.get('plans_name')}` (it resumes without --force)")
+    return None
 
 
 @dataclass(frozen=True)
@@ -252,7 +294,7 @@ def plan_target(target: str | int, ssl_dataset: str | int, ssl_plans: str = "nnU
         move_plans_between_datasets)
     from nnunetv2.utilities.dataset_name_id_conversion import convert_dataset_name_to_id
 
-    from nnunet_ssl.planning import dataset_name, require_env
+    from nnunet_ssl.planning import dataset_name, nnunet_errors, require_env
 
     require_env("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")
     ssl_name, target_name = dataset_name(ssl_dataset), dataset_name(target)
@@ -284,24 +326,35 @@ def plan_target(target: str | int, ssl_dataset: str | int, ssl_plans: str = "nnU
               "the target is normalised with the SSL plans' schemes")
     plans_name = plans_name or default_plans_name(ssl_plans, ssl_name)
     plans_file = pre / target_name / f"{plans_name}.json"
-    if plans_file.exists() and not force:
+    interrupted = plans_file.is_file() and incomplete_plans_problem(load_json(str(plans_file)), plans_file)
+    if plans_file.exists() and not force and not interrupted:
         raise UserError(f"{plans_file} exists; pass --force to replace it, or choose another name with -tp")
+    if interrupted:
+        print(f"Resuming: {plans_file.name} was left incomplete by an interrupted run; planning and preprocessing "
+              "again")
 
     target_id = convert_dataset_name_to_id(target_name)
-    extract_fingerprint_dataset(target_id, num_processes=num_processes, check_dataset_integrity=verify,
-                                clean=True, verbose=False)
-    # nnU-Net's preprocessing and training read dataset.json from the preprocessed folder
-    shutil.copy(target_json_file, pre / target_name / "dataset.json")
-    try:
-        move_plans_between_datasets(ssl_name, target_name, ssl_plans, plans_name)
-    except AssertionError as e:
-        raise UserError(f"copying the SSL plans failed: {e}") from None
-    moved = load_json(str(plans_file))
-    fingerprint = load_json(str(pre / target_name / "dataset_fingerprint.json"))
-    n_out = len(target_json["labels"])
-    plans = adapt_plans(moved, fingerprint, keep, int(target_json["numTraining"]), ssl_name, ssl_plans,
-                        source_plans["foreground_intensity_properties_per_channel"],
-                        _network_cost(len(target_ch), n_out))
-    save_json(plans, str(plans_file), sort_keys=False)
-    preprocess_dataset(target_id, plans_name, list(configurations), [num_processes] * len(configurations))
+    with nnunet_errors(target_name):
+        extract_fingerprint_dataset(target_id, num_processes=num_processes, check_dataset_integrity=verify,
+                                    clean=True, verbose=False)
+    with nnunet_errors(target_name, checks=False):
+        # nnU-Net's preprocessing and training read dataset.json from the preprocessed folder
+        shutil.copy(target_json_file, pre / target_name / "dataset.json")
+        try:
+            move_plans_between_datasets(ssl_name, target_name, ssl_plans, plans_name)
+        except AssertionError as e:
+            raise UserError(f"copying the SSL plans failed: {e}") from None
+        moved = load_json(str(plans_file))
+        fingerprint = load_json(str(pre / target_name / "dataset_fingerprint.json"))
+        n_out = len(target_json["labels"])
+        plans = adapt_plans(moved, fingerprint, keep, int(target_json["numTraining"]), ssl_name, ssl_plans,
+                            source_plans["foreground_intensity_properties_per_channel"],
+                            _network_cost(len(target_ch), n_out),
+                            planner_max_dataset_covered(source_plans.get("experiment_planner_used"), ssl_name))
+        # preprocessing needs the plans under their name: until it has finished they say they are incomplete
+        plans["ssl_source"]["complete"] = False
+        save_json(plans, str(plans_file), sort_keys=False)
+        preprocess_dataset(target_id, plans_name, list(configurations), [num_processes] * len(configurations))
+        plans["ssl_source"]["complete"] = True
+        save_json(plans, str(plans_file), sort_keys=False)
     return TargetPlansResult(plans_name, plans_file, plans["ssl_source"]["configurations"])

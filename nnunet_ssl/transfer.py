@@ -34,6 +34,8 @@ from nnunet_ssl.checkpoint import (
 from nnunet_ssl.errors import UserError
 
 IN_CHANNELS_RULES = ("copy", "mean", "zero")
+# architecture settings that change what the encoder's weights mean while leaving their shapes alone
+ARCHITECTURE_SETTINGS = ("network_class", "strides", "kernel_sizes", "conv_op", "norm_op", "nonlin")
 
 
 @dataclass(frozen=True)
@@ -133,15 +135,57 @@ def encoder_state(checkpoint: Mapping, source: str = "teacher") -> dict[str, tor
     return state
 
 
-def build_target_network(dataset: str | int, plans: str = "nnUNetPlans",
-                         configuration: str = "3d_fullres") -> torch.nn.Module:
-    """The network ``nnUNetTrainer`` would build for the target dataset, plans and configuration."""
+def _per_stage(values, ndim: int) -> list:
+    """Strides or kernel sizes as one list per stage (nnU-Net allows a bare int for all axes)."""
+    return [[int(v)] * ndim if isinstance(v, (int, float)) else [int(x) for x in v] for v in values or ()]
+
+
+def architecture_settings(architecture: Mapping) -> dict:
+    """The :data:`ARCHITECTURE_SETTINGS` of a plans ``architecture`` block or an nnssl ``architecture_plans``.
+
+    Settings the block does not record are ``None`` (nnssl names its classes by short aliases such
+    as ``ResEncL``, so only nnU-Net's ``network_class_name`` counts as the class).
+    """
+    kwargs = architecture.get("arch_kwargs") or {}
+    ndim = 3 if "3d" in str(kwargs.get("conv_op", "3d")).lower() else 2
+    return {
+        "network_class": architecture.get("network_class_name"),
+        "strides": _per_stage(kwargs["strides"], ndim) if kwargs.get("strides") else None,
+        "kernel_sizes": _per_stage(kwargs["kernel_sizes"], ndim) if kwargs.get("kernel_sizes") else None,
+        "conv_op": kwargs.get("conv_op"),
+        "norm_op": kwargs.get("norm_op"),
+        "nonlin": kwargs.get("nonlin"),
+    }
+
+
+def check_architecture(source: Optional[Mapping], target: Mapping, allowed: Sequence[str] = ()) -> None:
+    """Fail at the first architecture setting (:data:`ARCHITECTURE_SETTINGS`) that differs, unless allowed.
+
+    Other strides, kernel sizes or layer classes leave the tensors' shapes as they are but change
+    what the pretrained weights compute, so the shape check alone would let them through.
+    ``source`` ``None`` (a checkpoint that records no architecture) skips the check.
+    """
+    unknown = sorted(set(allowed) - set(ARCHITECTURE_SETTINGS))
+    if unknown:
+        raise UserError(f"unknown architecture setting(s) {unknown}; choose from {list(ARCHITECTURE_SETTINGS)}")
+    if not source:
+        return
+    pretrained, wanted = architecture_settings(source), architecture_settings(target)
+    for name in ARCHITECTURE_SETTINGS:
+        if name not in allowed and pretrained[name] is not None and pretrained[name] != wanted[name]:
+            raise UserError(f"{name} differ: SSL checkpoint {pretrained[name]}, target plans {wanted[name]}; the "
+                            "pretrained weights were learnt for another topology. Plan the target from the SSL "
+                            "plans (nnunet-ssl plan-target), or pass --allow-architecture-difference "
+                            f"{name} to transfer them anyway")
+
+
+def _target_plans(dataset: str | int, plans: str, configuration: str):
+    """``(plans manager, configuration manager, dataset.json)`` of the target, with clear errors."""
     from batchgenerators.utilities.file_and_folder_operations import load_json
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from nnunet_ssl.planning import dataset_name, require_env
+    from nnunet_ssl.target_plans import incomplete_plans_problem
 
     require_env("nnUNet_preprocessed")
     name = dataset_name(dataset)
@@ -151,11 +195,26 @@ def build_target_network(dataset: str | int, plans: str = "nnUNetPlans",
         raise UserError(f"plans {plans_file} not found; plan the target dataset first "
                         f"(nnunet-ssl plan -d {dataset} or nnUNetv2_plan_and_preprocess)")
     plans_manager = PlansManager(str(plans_file))
+    problem = incomplete_plans_problem(plans_manager.plans, plans_file)
+    if problem:
+        raise UserError(problem)
     if configuration not in plans_manager.available_configurations:
         raise UserError(f"configuration {configuration!r} not in {plans_file.name}; available: "
                         f"{plans_manager.available_configurations}")
     dataset_json = load_json(str(folder / "dataset.json"))
-    cm = plans_manager.get_configuration(configuration)
+    return plans_manager, plans_manager.get_configuration(configuration), dataset_json
+
+
+def build_target_network(dataset: str | int, plans: str = "nnUNetPlans",
+                         configuration: str = "3d_fullres") -> torch.nn.Module:
+    """The network ``nnUNetTrainer`` would build for the target dataset, plans and configuration."""
+    return _build(*_target_plans(dataset, plans, configuration))
+
+
+def _build(plans_manager, cm, dataset_json) -> torch.nn.Module:
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+
     n_in = determine_num_input_channels(plans_manager, cm, dataset_json)
     n_out = plans_manager.get_label_manager(dataset_json).num_segmentation_heads
     return nnUNetTrainer.build_network_architecture(plans_manager, cm, n_in, n_out, True)
@@ -256,9 +315,26 @@ def check_compatible(network_state: Mapping[str, torch.Tensor], encoder: Mapping
                         f"target network ({len(extra)} such keys); {advice}")
 
 
+def _check_output(output: Path, ssl_checkpoint: Path, force: bool) -> None:
+    """Refuse an output that is a folder, the checkpoint itself (in any spelling) or exists without ``force``."""
+    if output.is_dir():
+        raise UserError(f"{output} is a folder; give the name of the .pth file to write (e.g. {output}/pretrained.pth)")
+    if output.exists() and ssl_checkpoint.exists() and os.path.samefile(output, ssl_checkpoint) \
+            or output.resolve() == ssl_checkpoint.resolve():
+        raise UserError(f"the output {output} is the SSL checkpoint; writing it would destroy the pretrained "
+                        "weights (even with --force): choose another name")
+    if output.exists() and not force:
+        raise UserError(f"{output} exists; choose another name or pass --force to overwrite it")
+    if not output.parent.is_dir():
+        raise UserError(f"output folder {output.parent} does not exist")
+    if not os.access(output.parent, os.W_OK):
+        raise UserError(f"cannot write to {output.parent}: permission denied")
+
+
 def transfer(ssl_checkpoint: str | os.PathLike, dataset: str | int, output: str | os.PathLike,
              plans: str = "nnUNetPlans", configuration: str = "3d_fullres", source: str = "teacher",
-             force: bool = False, in_channels_rule: Optional[str] = None) -> TransferReport:
+             force: bool = False, in_channels_rule: Optional[str] = None,
+             allow_architecture_difference: Sequence[str] = ()) -> TransferReport:
     """Write a complete nnU-Net network checkpoint whose encoder is the SSL encoder.
 
     Args:
@@ -266,6 +342,9 @@ def transfer(ssl_checkpoint: str | os.PathLike, dataset: str | int, output: str 
             has another number of input channels than the pretrained encoder
             (``copy``, ``mean`` or ``zero``, see :func:`adapt_input_channels`);
             ``None`` refuses such a difference.
+        allow_architecture_difference: Names from :data:`ARCHITECTURE_SETTINGS` that may
+            differ between the SSL checkpoint's recorded architecture and the target plans
+            (any other difference is refused, see :func:`check_architecture`).
 
     Example:
         >>> transfer("res/.../fold_all/checkpoint_final.pth", 502, "pretrained.pth")  # doctest: +SKIP
@@ -273,17 +352,20 @@ def transfer(ssl_checkpoint: str | os.PathLike, dataset: str | int, output: str 
     output = Path(output)
     if in_channels_rule is not None and in_channels_rule not in IN_CHANNELS_RULES:
         raise UserError(f"unknown input-channel rule {in_channels_rule!r}; choose one of {list(IN_CHANNELS_RULES)}")
-    if output.exists() and not force:
-        raise UserError(f"{output} exists; choose another name or pass --force to overwrite it")
-    if not output.parent.is_dir():
-        raise UserError(f"output folder {output.parent} does not exist")
+    _check_output(output, Path(ssl_checkpoint), force)
+    check_architecture(None, {}, allow_architecture_difference)  # names are checked before any work
     checkpoint = load_ssl_checkpoint(ssl_checkpoint)
     foreign = is_foreign(checkpoint)
     if foreign and source != "teacher":
         raise UserError(f"{ssl_checkpoint} is not a DeSD checkpoint: it has one encoder, no {source}")
     if not foreign:
         encoder = encoder_state(checkpoint, source)
-    network = build_target_network(dataset, plans, configuration)
+    plans_manager, cm, dataset_json = _target_plans(dataset, plans, configuration)
+    recorded = (checkpoint[ADAPTATION_PLAN_KEY].get("architecture_plans") if foreign
+                else checkpoint["ssl"].get("architecture"))
+    check_architecture(recorded, {"network_class_name": cm.network_arch_class_name,
+                                  "arch_kwargs": cm.network_arch_init_kwargs}, allow_architecture_difference)
+    network = _build(plans_manager, cm, dataset_json)
     if foreign:
         from nnunet_ssl.finetune.freezing import encoder_prefixes
 
@@ -305,7 +387,7 @@ def transfer(ssl_checkpoint: str | os.PathLike, dataset: str | int, output: str 
         source = "encoder"
     else:
         meta = checkpoint["ssl"]
-    save_atomic({
+    payload = {
         "network_weights": network.state_dict(),
         "nnunet_ssl_transfer": {
             "source_checkpoint": str(Path(ssl_checkpoint).resolve()),
@@ -321,7 +403,12 @@ def transfer(ssl_checkpoint: str | os.PathLike, dataset: str | int, output: str 
             "encoder_keys": sorted(encoder),
             "in_channels": list(channels) if channels else None,
             "in_channels_rule": in_channels_rule if channels else None,
+            "architecture_differences_allowed": sorted(allow_architecture_difference),
         },
-    }, output)
+    }
+    try:
+        save_atomic(payload, output)
+    except OSError as e:
+        raise UserError(f"cannot write {output}: {e.strerror or e}") from None
     return TransferReport(output, source, len(encoder), len(state), channels,
                           in_channels_rule if channels else None)

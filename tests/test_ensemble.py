@@ -9,6 +9,7 @@ import SimpleITK as sitk
 from nnunet_ssl.cli.main import main
 from nnunet_ssl.ensemble import ensemble_folders, majority_vote
 from nnunet_ssl.errors import UserError
+from readonly import read_only
 
 SPACING, ORIGIN = (0.5, 0.6, 2.0), (10.0, -4.0, 3.0)
 DIRECTION = (0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
@@ -115,3 +116,75 @@ def test_average_of_probabilities_uses_nnunets_ensembling(tmp_path):
         ensemble_folders(runs, tmp_path / "avg2", method="average")
     with pytest.raises(UserError, match="needs --method average"):
         ensemble_folders(runs, tmp_path / "avg3", save_probabilities=True)
+
+
+def _three_runs(tmp_path):
+    runs = [tmp_path / f"seed{i}" for i in range(3)]
+    for run, array in zip(runs, RUNS):
+        _write(run, "case_001.nii.gz", array)
+    return runs
+
+
+def test_existing_output_is_refused_without_force_and_replaced_completely_with_it(tmp_path, capsys):
+    runs = _three_runs(tmp_path)
+    out = tmp_path / "other_run"
+    _write(out, "theirs.nii.gz", RUNS[0])
+    before = sorted(p.name for p in out.iterdir())
+    assert main(["ensemble", "-i", *map(str, runs), "-o", str(out)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == before  # nothing of theirs touched
+    assert main(["ensemble", "-i", *map(str, runs), "-o", str(out), "--force"]) == 0
+    # replaced completely: the other run's case is gone, the ensemble is all there is
+    assert sorted(p.name for p in out.iterdir()) == ["case_001.nii.gz", "dataset.json", "plans.json"]
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out / "case_001.nii.gz"))), VOTE)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no staging left
+    # an empty existing folder is no one's predictions: used without --force
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["ensemble", "-i", *map(str, runs), "-o", str(empty)]) == 0
+    # --force never deletes an input that lies inside the output folder
+    with pytest.raises(UserError, match="inside the output folder"):
+        ensemble_folders([tmp_path / "seed0", tmp_path / "seed1"], tmp_path, force=True)
+    assert (tmp_path / "seed0" / "case_001.nii.gz").is_file()
+
+
+def test_output_that_is_a_file_or_read_only_is_a_clear_error(tmp_path, capsys):
+    runs = _three_runs(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    assert main(["ensemble", "-i", *map(str, runs), "-o", str(tmp_path / "afile")]) == 2
+    assert "is a file" in capsys.readouterr().err
+    with read_only(tmp_path / "locked") as locked:
+        assert main(["ensemble", "-i", *map(str, runs), "-o", str(locked / "vote")]) == 2
+        assert "cannot write" in capsys.readouterr().err
+
+
+def test_corrupt_files_are_named(tmp_path, capsys):
+    runs = _three_runs(tmp_path)
+    (runs[1] / "case_001.nii.gz").write_bytes(b"\x1f\x8b truncated")
+    assert main(["ensemble", "-i", *map(str, runs), "-o", str(tmp_path / "vote")]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read" in err and "seed1" in err and "case_001.nii.gz" in err and "Traceback" not in err
+    fg = np.array([[[0.9, 0.2]]])
+    prob_runs = [tmp_path / f"p{i}" for i in range(2)]
+    for run in prob_runs:
+        _probabilities(run, "case_001", np.stack([1 - fg, fg]))
+    (prob_runs[1] / "case_001.npz").write_bytes(b"PK truncated")
+    with pytest.raises(UserError, match=r"cannot read .*p1.*case_001\.npz"):
+        ensemble_folders(prob_runs, tmp_path / "avg", method="average")
+    _probabilities(prob_runs[1], "case_001", np.stack([1 - fg, fg]))
+    (prob_runs[0] / "case_001.pkl").write_bytes(b"not a pickle")
+    with pytest.raises(UserError, match=r"cannot read .*p0.*case_001\.pkl"):
+        ensemble_folders(prob_runs, tmp_path / "avg", method="average")
+    assert not (tmp_path / "avg").exists() and not (tmp_path / "vote").exists()
+
+
+def test_fractional_label_maps_are_refused(tmp_path):
+    # a probability map given as label maps (nnU-Net's reader already turns NaN into 0)
+    runs = _three_runs(tmp_path)
+    image = sitk.GetImageFromArray(np.where(RUNS[1] > 0, 0.6, 0).astype(np.float32))
+    image.SetSpacing(SPACING)
+    image.SetOrigin(ORIGIN)
+    image.SetDirection(DIRECTION)
+    sitk.WriteImage(image, str(runs[1] / "case_001.nii.gz"))
+    with pytest.raises(UserError, match=r"seed1.*case_001\.nii\.gz holds non-integer"):
+        ensemble_folders(runs, tmp_path / "vote")

@@ -19,6 +19,7 @@ from scipy import ndimage
 from scipy import stats as sps
 
 from nnunet_ssl.cli.main import main
+from readonly import read_only
 
 SPACING = (3.0, 1.0, 0.5)        # numpy order
 VOXEL_ML = 3.0 * 1.0 * 0.5 / 1000
@@ -400,3 +401,60 @@ def test_command_modules_import_nothing_heavy():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", errors="replace", cwd=REPO, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_label_absent_everywhere_is_undefined_with_a_warning(pair, capsys, tmp_path):
+    gt, pred = pair
+    out = tmp_path / "absent"
+    assert main(["evaluate", str(pred), str(gt), "--labels", "1", "5", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Warning: label 5" in printed and "undefined" in printed
+    rows = {r["label"]: r for r in read_rows(out / "evaluation_per_case.csv")}
+    assert rows["1"]["dice"] == "1"  # the present label keeps its value
+    assert rows["5"]["dice"] == "" and rows["5"]["hd95_mm"] == ""  # not the both-empty 1.0 / 0.0
+    summary = json.loads((out / "evaluation_summary.json").read_text(encoding="utf-8"))
+    five = summary["labels"]["5"]
+    assert five["absent_everywhere"] is True and five["metrics"]["dice"]["mean"] is None
+    assert five["metrics"]["dice"]["n"] == 0 and five["metrics"]["dice"]["n_nan"] == 1
+    assert summary["labels"]["1"]["absent_everywhere"] is False
+    assert any("label 5" in w for w in summary["warnings"])
+
+
+@pytest.mark.parametrize("shape", [(24, 24), (2, 10, 24, 24)])
+def test_2d_and_4d_maps_are_refused(pair, capsys, shape):
+    gt, pred = pair
+    for folder in (gt, pred):  # isVector=False: a 4th array axis is a 4th dimension, not vector components
+        sitk.WriteImage(sitk.GetImageFromArray(np.zeros(shape, np.uint8), isVector=False), str(folder / "odd.nii.gz"))
+    err = run_error(["evaluate", str(pred), str(gt)], capsys)
+    assert "odd.nii.gz" in err and f"{len(shape)}D" in err and "3D" in err
+
+
+def test_unwritable_output_is_a_clear_error(pair, capsys, tmp_path):
+    gt, pred = pair
+    (tmp_path / "afile").write_text("x")
+    assert "is a file" in run_error(["evaluate", str(pred), str(gt), "-o", str(tmp_path / "afile")], capsys)
+    with read_only(tmp_path / "locked") as locked:
+        assert "cannot write" in run_error(["evaluate", str(pred), str(gt), "-o", str(locked)], capsys)
+        assert "cannot write" in run_error(["evaluate", str(pred), str(gt), "-o", str(locked / "sub")], capsys)
+
+
+def test_compare_refuses_the_same_run_twice(csv_runs, tmp_path, capsys, monkeypatch):
+    paths, _ = csv_runs
+    monkeypatch.chdir(tmp_path)  # a regression would write ./comparison
+    a = str(paths["A"])
+    assert "the same run" in run_error(["compare", a, a], capsys)
+    # the folder and its CSV are the same run too
+    folder = tmp_path / "evalA"
+    folder.mkdir()
+    (folder / "evaluation_per_case.csv").write_bytes(paths["A"].read_bytes())
+    assert "the same run" in run_error(["compare", str(folder), str(folder / "evaluation_per_case.csv")], capsys)
+
+
+def test_compare_output_that_is_a_file_or_unwritable(csv_runs, tmp_path, capsys):
+    paths, _ = csv_runs
+    (tmp_path / "afile").write_text("x")
+    a, b = str(paths["A"]), str(paths["B"])
+    assert "is a file" in run_error(["compare", a, b, "-o", str(tmp_path / "afile")], capsys)
+    with read_only(tmp_path / "locked") as locked:
+        assert "cannot write" in run_error(["compare", a, b, "-o", str(locked / "cmp")], capsys)
+        assert "cannot write" in run_error(["compare", a, b, "-o", str(locked)], capsys)

@@ -1,4 +1,5 @@
-"""nnUNetTrainerDeSD in-process: settings from the plans, logging, checkpoints and exact resume."""
+"""nnUNetTrainerDeSD in-process: settings from the plans, logging, checkpoints and a resumed run that continues exactly."""
+import copy
 import json
 
 import numpy as np
@@ -67,7 +68,7 @@ def test_unknown_setting_is_refused(nnunet_env):
         _trainer(nnunet_env["root"], plans=plans)
 
 
-def test_checkpoint_resumes_exactly(nnunet_env):
+def test_checkpoint_restores_the_saved_state(nnunet_env):
     a = _trainer(nnunet_env["root"], fold=1)
     a.on_train_start()
     _run_epoch(a)
@@ -94,6 +95,93 @@ def test_checkpoint_resumes_exactly(nnunet_env):
     # teacher moved away from the student during the epoch (EMA with momentum < 1) but not far
     t, s = a.network.teacher_pairs()
     assert any(not torch.equal(x, y) for x, y in zip(t, s))
+
+
+def _run_epoch_on(trainer, train_batches, val_batches):
+    """One epoch of nnU-Net's loop on given batches, so that two runs can see exactly the same data."""
+    trainer.on_epoch_start()
+    trainer.on_train_epoch_start()
+    outs = [trainer.train_step(b) for b in train_batches]
+    trainer.on_train_epoch_end(outs)
+    with torch.no_grad():
+        trainer.on_validation_epoch_start()
+        trainer.on_validation_epoch_end([trainer.validation_step(b) for b in val_batches])
+    trainer.on_epoch_end()
+
+
+SCHEDULE_LOGS = ("lrs", "weight_decays", "momentums", "teacher_temps")
+
+
+def test_resumed_run_continues_like_an_uninterrupted_one(nnunet_env):
+    """k epochs straight == k/2 epochs, stop, load_checkpoint on a fresh trainer (nnU-Net's --c), k/2 epochs."""
+    k = 4
+    plans, _ = _plans_and_json(nnunet_env["root"])
+    ssl = dict(plans["configurations"]["3d_fullres"]["ssl"], num_epochs=k + 1, warmup_epochs=2,
+               warmup_teacher_temp_epochs=3, freeze_last_layer_epochs=1,
+               monitor_warmup_epochs=0, collapse_patience=100,
+               warmup_teacher_temp=1e-3, teacher_temp=1e-4)  # a sharp teacher: the collapse guard counts
+    plans["configurations"]["3d_resume"] = {"inherits_from": "3d_fullres", "ssl": ssl}
+
+    def fresh(fold):
+        return _trainer(nnunet_env["root"], "3d_resume", fold=fold, plans=copy.deepcopy(plans))
+
+    def started(fold):
+        trainer = fresh(fold)
+        torch.manual_seed(0)  # both runs start from the same initial network
+        trainer.on_train_start()
+        return trainer
+
+    straight = started(0)
+    n_it, n_val = straight.num_iterations_per_epoch, straight.num_val_iterations_per_epoch
+    torch.manual_seed(0)
+    np.random.seed(0)
+    batches = [([next(straight.dataloader_train) for _ in range(n_it)],
+                [next(straight.dataloader_val) for _ in range(n_val)]) for _ in range(k + 1)]
+    for epoch in range(k):
+        _run_epoch_on(straight, *batches[epoch])
+
+    first = started(4)
+    for epoch in range(k // 2):
+        _run_epoch_on(first, *batches[epoch])
+    latest = first.output_folder + "/checkpoint_latest.pth"
+    del first  # the run stops here
+
+    resumed = fresh(4)
+    resumed.load_checkpoint(latest)
+    resumed.on_train_start()
+    assert resumed.current_epoch == k // 2
+    for epoch in range(k // 2, k):
+        _run_epoch_on(resumed, *batches[epoch])
+
+    assert resumed.current_epoch == straight.current_epoch == k
+    for key in SCHEDULE_LOGS:  # every epoch's value, the ones before the stop included
+        assert resumed.logger.get_value(key, None) == straight.logger.get_value(key, None), key
+    assert resumed.logger.get_value("train_losses", None) == pytest.approx(straight.logger.get_value("train_losses", None))
+    for t in (straight, resumed):
+        t.on_train_epoch_start()
+    assert resumed._iteration() == straight._iteration() == k * n_it
+    # the collapse guard's count of collapsed-looking epochs and the best loss survive the stop too
+    # (RankMe is not compared: its fixed views are drawn anew when a run starts or resumes)
+    assert straight._collapsed_epochs == k
+    assert (resumed._collapsed_epochs, resumed._best_val_loss) == (straight._collapsed_epochs,
+                                                                   straight._best_val_loss)
+    assert resumed._epoch_stats == straight._epoch_stats
+    sa, sb = straight.network.state_dict(), resumed.network.state_dict()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+    # one more step on a fixed batch moves both to the same weights and optimiser state
+    batch = batches[k][0][0]
+    straight.train_step(batch)
+    resumed.train_step(batch)
+    sa, sb = straight.network.state_dict(), resumed.network.state_dict()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+    oa, ob = straight.optimizer.state_dict(), resumed.optimizer.state_dict()
+    assert oa["param_groups"] == ob["param_groups"]
+    for i, state in oa["state"].items():
+        for name, value in state.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(ob["state"][i][name])), (i, name)
+    assert resumed._step_in_epoch == straight._step_in_epoch == 1
 
 
 def test_frozen_last_layer_in_first_epoch(nnunet_env):

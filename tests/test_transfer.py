@@ -186,6 +186,9 @@ def test_two_channel_encoder_into_one_channel_network_and_cli_flag(ssl_run, nnun
     capsys.readouterr()
     assert transfer_main([str(two), "-d", "501", "-o", str(tmp_path / "k.pth"), "-p", "OtherKernelPlans",
                           "--in-channels-rule", "zero"]) == 2
+    assert "kernel_sizes differ" in capsys.readouterr().err  # the recorded architecture is checked first
+    assert transfer_main([str(two), "-d", "501", "-o", str(tmp_path / "k.pth"), "-p", "OtherKernelPlans",
+                          "--in-channels-rule", "zero", "--allow-architecture-difference", "kernel_sizes"]) == 2
     assert "shape mismatch at encoder.stages.3.0.convs.0.conv.weight" in capsys.readouterr().err
 
 

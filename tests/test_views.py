@@ -112,3 +112,37 @@ def test_symmetry_off_or_improbable_uses_the_original_channels_only():
     assert not batch["symmetric"].any() and batch["data2"].shape[1] == 1
     two = ViewPairLoader(ds, 3, (16, 16, 16), DeSDSettings(view_size=(16, 16, 16))).generate_train_batch()
     assert two["data"].shape[1] == two["data2"].shape[1] == 2  # CT + second channel both in each view
+
+
+class _ThreeChannelDataset(_FakeDataset):
+    """CT, a difference-like second channel and, in channel 2, the CT's mirror (the contralateral image)."""
+
+    def __init__(self):
+        super().__init__()
+        image = self.data[0]
+        self.data = np.stack([image, 10 + image, image[..., ::-1]])
+
+
+@pytest.mark.parametrize("prob", [0.0, 1.0])
+def test_symmetry_with_three_channels_keeps_the_other_channels_in_both_views(prob):
+    ds = _ThreeChannelDataset()
+    settings = DeSDSettings(view_size=(16, 16, 16), slab_depth=24, symmetry_channel=2, symmetry_prob=prob)
+    np.random.seed(0)
+    batch = ViewPairLoader(ds, 3, (16, 16, 16), settings).generate_train_batch()
+    # the encoder takes every channel but the contralateral one, in both views
+    assert batch["data"].shape == batch["data2"].shape == (3, 2, 16, 16, 16)
+    v1, v2 = batch["data"].numpy(), batch["data2"].numpy()
+    assert np.allclose(v1[:, 1], 10 + v1[:, 0])  # view 1: CT and second channel of one place
+    if prob == 1.0:
+        assert batch["symmetric"].all()
+        width = ds.data.shape[-1]
+        for a, b in zip(v1, v2):
+            # view 2: the contralateral image stands in for the CT; the second channel is the original's
+            hits = [(z, y, x) for z in range(8, 33) for y in range(8, 25) for x in range(8, 41)
+                    if np.array_equal(crop_around(ds.data[:1], (z, y, x), (16, 16, 16), 0)[0], a[0])]
+            assert len(hits) == 1
+            z, y, x = hits[0]
+            assert np.array_equal(b[0], crop_around(ds.data[:1], (z, y, width - x), (16, 16, 16), 0)[0][..., ::-1])
+            assert np.array_equal(b[1], a[1])
+    else:
+        assert not batch["symmetric"].any()

@@ -68,7 +68,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"Evaluated {summary['settings']['n_cases']} case(s)"
           + (f", lesions under {args.min_lesion_ml:g} mL removed from the ground truth"
              + (" and the prediction" if args.filter_prediction else "") if args.min_lesion_ml else "") + ".")
+    for warning in summary["warnings"]:
+        print(f"Warning: {warning}")
     for label, s in summary["labels"].items():
+        if s["absent_everywhere"]:
+            print(f"Label {label}: in no file; Dice and HD95 undefined")
+            continue
         m, v = s["metrics"], s["volume_agreement"]
         dice = m["dice"]
         print(f"Label {label}: Dice median {dice['median']:.3f} (IQR {dice['q1']:.3f}-{dice['q3']:.3f}), "

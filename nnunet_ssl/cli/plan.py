@@ -18,11 +18,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--gpu-memory-gb", type=float, default=None,
                         help="memory target of the planner; smaller gives smaller patches")
     parser.add_argument("-p", "--plans-name", default=None, help="plans identifier (default: the planner's)")
-    parser.add_argument("-c", "--configurations", nargs="+", default=["3d_fullres"])
+    parser.add_argument("-c", "--configurations", nargs="+", default=["3d_fullres"],
+                        help="configurations to plan, preprocess and give the SSL settings (default: 3d_fullres); "
+                             "one nnU-Net does not plan for this dataset is refused")
     parser.add_argument("--ssl", nargs="*", default=[], metavar="NAME=VALUE",
                         help="SSL settings to record in the plans, e.g. --ssl out_dim=4096 'view_size=[16,64,64]'")
     parser.add_argument("-np", "--num-processes", type=int, default=2)
     parser.add_argument("--no-verify", action="store_true", help="skip nnU-Net's dataset integrity check")
+    parser.add_argument("--force", action="store_true",
+                        help="replace plans of that name planned before (and their ssl settings)")
 
 
 def run(args) -> int:
@@ -30,7 +34,9 @@ def run(args) -> int:
 
     plans = plan_and_preprocess(args.dataset, args.planner, args.base_features, args.gpu_memory_gb,
                                 args.plans_name, args.configurations, parse_settings(args.ssl),
-                                args.num_processes, verify=not args.no_verify, max_features=args.max_features)
+                                args.num_processes, verify=not args.no_verify, max_features=args.max_features,
+                                force=args.force)
     print(f"Planned and preprocessed; plans: {plans}")
-    print(f"Pretrain with: nnUNetv2_train {args.dataset} 3d_fullres all -tr nnUNetTrainerDeSD -p {plans}")
+    print(f"Pretrain with: nnUNetv2_train {args.dataset} {args.configurations[0]} all -tr nnUNetTrainerDeSD "
+          f"-p {plans}")
     return 0

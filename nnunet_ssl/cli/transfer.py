@@ -6,6 +6,9 @@ import sys
 
 from nnunet_ssl.errors import UserError
 
+# the names of nnunet_ssl.transfer.ARCHITECTURE_SETTINGS, here so that --help imports nothing heavy
+ARCHITECTURE_SETTINGS = ("network_class", "strides", "kernel_sizes", "conv_op", "norm_op", "nonlin")
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -29,7 +32,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "copy = repeat the pretrained kernel over the channels, scaled by old/new channel count; "
                         "mean = the mean kernel in every channel, scaled by old/new; zero = keep the shared "
                         "channels' kernels and start new channels at zero. Default: refuse a difference")
-    p.add_argument("--force", action="store_true", help="overwrite OUTPUT if it exists")
+    p.add_argument("--allow-architecture-difference", nargs="+", default=[], metavar="SETTING",
+                   choices=ARCHITECTURE_SETTINGS,
+                   help="transfer although these architecture settings of the SSL checkpoint and the target plans "
+                        f"differ ({', '.join(ARCHITECTURE_SETTINGS)}); by default any difference is refused, "
+                        "since the weights then compute something else than they were trained for")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite OUTPUT if it exists (never the SSL checkpoint itself)")
     return p
 
 
@@ -39,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         from nnunet_ssl.transfer import transfer
 
         report = transfer(args.ssl_checkpoint, args.dataset, args.output, args.plans, args.configuration,
-                          "student" if args.student else "teacher", args.force, args.in_channels_rule)
+                          "student" if args.student else "teacher", args.force, args.in_channels_rule,
+                          args.allow_architecture_difference)
     except UserError as e:
         print(f"nnunet-ssl-transfer: error: {e}", file=sys.stderr)
         return 2

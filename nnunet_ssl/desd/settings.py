@@ -103,16 +103,50 @@ class DeSDSettings:
             >>> DeSDSettings.from_dict({"out_dim": 4096}).out_dim
             4096
         """
+        import typing
+
         values = dict(values or {})
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"Unknown SSL setting(s) {unknown}. Known settings: {sorted(known)}")
-        for key in ("view_size", "head_weights"):
-            if values.get(key) is not None:
-                values[key] = tuple(values[key])
-        if "view_size" in values:
-            values["view_size"] = tuple(int(v) for v in values["view_size"])
+        words = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+        def shown(value: Any) -> str:
+            return json.dumps(value) if isinstance(value, (str, int, float, list, tuple, type(None))) else repr(value)
+
+        def scalar(name: str, kind: type, value: Any, example: Any):
+            # JSON gives ints for whole floats and the command line bare strings: coerce what is exact, name the rest
+            ok = {bool: isinstance(value, bool),
+                  int: isinstance(value, int) and not isinstance(value, bool)
+                  or isinstance(value, float) and value.is_integer(),
+                  float: isinstance(value, (int, float)) and not isinstance(value, bool),
+                  str: isinstance(value, str)}[kind]
+            if not ok:
+                raise ValueError(f"SSL setting '{name}' must be {words[kind]} (e.g. {json.dumps(example)}), "
+                                 f"got {shown(value)}")
+            return kind(value)
+
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name not in values:
+                continue
+            kind, value = hints[f.name], values[f.name]
+            args = [a for a in typing.get_args(kind) if a is not type(None)]
+            if type(None) in typing.get_args(kind):  # Optional[...]
+                if value is None:
+                    continue
+                kind = args[0]
+                args = list(typing.get_args(kind))
+            if typing.get_origin(kind) is tuple:
+                example = list(f.default) if f.default is not None else [1.0, 1.0]
+                if not isinstance(value, (list, tuple)) or not value:
+                    raise ValueError(f"SSL setting '{f.name}' must be a list (e.g. {json.dumps(example)}), "
+                                     f"got {shown(value)}")
+                values[f.name] = tuple(scalar(f.name, args[0], v, example[0]) for v in value)
+            else:
+                example = f.default if f.default is not None else {int: 1, float: 0.5, bool: True, str: "x"}[kind]
+                values[f.name] = scalar(f.name, kind, value, example)
         return cls(**values)
 
     @classmethod

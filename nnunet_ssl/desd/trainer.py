@@ -270,12 +270,12 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
         is_best = self._best_val_loss is None or val_loss < self._best_val_loss
         if is_best:  # before writing checkpoint_latest, so that a resumed run knows the best so far
             self._best_val_loss = val_loss
+        self._monitor(e)  # likewise: checkpoint_latest holds this epoch's collapse count
         if (e + 1) % self.save_every == 0 and e != (self.num_epochs - 1):
             self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"))
         if is_best:
             self.print_to_log_file(f"New best validation SSL loss: {np.round(val_loss, decimals=4)}")
             self.save_checkpoint(join(self.output_folder, "checkpoint_best.pth"))
-        self._monitor(e)
         if self.local_rank == 0:
             self.logger.plot_progress_png(self.output_folder)
         self.current_epoch += 1
@@ -314,6 +314,7 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
             "logging": self.logger.get_checkpoint(),
             "_best_ema": self._best_val_loss,
             "_best_rankme": self._best_rankme,
+            "_collapsed_epochs": self._collapsed_epochs,
             "current_epoch": self.current_epoch + 1,
             "init_args": self.my_init_kwargs,
             "trainer_name": self.__class__.__name__,
@@ -357,4 +358,5 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
         self.current_epoch = checkpoint["current_epoch"]
         self._best_val_loss = checkpoint["_best_ema"]
         self._best_rankme = checkpoint.get("_best_rankme")
+        self._collapsed_epochs = checkpoint.get("_collapsed_epochs", 0)  # the collapse guard resumes its count
         self.inference_allowed_mirroring_axes = checkpoint.get("inference_allowed_mirroring_axes")

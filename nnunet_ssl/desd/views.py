@@ -16,7 +16,9 @@ as label); a case without one counts as all brain.
 With ``symmetry_channel`` set (the dataset's contralateral-image channel), with
 probability ``symmetry_prob`` the second view is cut at the first view's location from
 the contralateral image instead of the original (symmetry augmentation, paper 3.7.3);
-the network sees the other channels only.
+the network sees the other channels only. With more than two channels the contralateral
+image replaces the first of the other channels (the image it mirrors, the CT) in the second
+view and every further channel is kept, so both views carry the same number of channels.
 
 Position sampling is pure numpy; :class:`ViewPairLoader` wires it to nnU-Net's
 datasets and augmentation (each view augmented separately).
@@ -202,7 +204,9 @@ class ViewPairLoader(DataLoader):
                     if rng.random() < s.symmetry_prob:
                         symmetric[j] = True
                         centres[1] = centres[0]  # same location, mirrored anatomy
-                        sources[1] = [s.symmetry_channel]
+                        # the contralateral image stands in for the image it mirrors (the first other
+                        # channel); any further channels are kept, so both views have the same channels
+                        sources[1] = [s.symmetry_channel] + original[1:]
                 for v, centre in enumerate(centres):
                     crop = crop_around(data, centre, self.crop_size, 0)
                     image = torch.from_numpy(np.ascontiguousarray(crop[sources[v]])).float()

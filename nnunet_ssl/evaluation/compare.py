@@ -127,7 +127,7 @@ def compare_runs(runs: Sequence[Run]) -> Comparison:
     runs within one label and metric.
 
     Raises:
-        UserError: fewer than two runs, no label or no case shared by all runs.
+        UserError: fewer than two runs, a run given twice, no label or no case shared by all runs.
 
     Example:
         >>> comp = compare_runs([load_run(Path("eval_a"), "a"), load_run(Path("eval_b"), "b")])  # doctest: +SKIP
@@ -136,6 +136,12 @@ def compare_runs(runs: Sequence[Run]) -> Comparison:
     """
     if len(runs) < 2:
         raise UserError("compare needs at least two runs.")
+    seen: dict[Path, str] = {}
+    for r in runs:
+        same = seen.setdefault(Path(r.path).resolve(), r.name)
+        if same != r.name:
+            raise UserError(f"{same} and {r.name} are the same run ({r.path}); a run compared with itself "
+                            "only doubles its cases. Give each evaluation once.")
     label_sets = [set(r.values) for r in runs]
     labels = sorted(set.intersection(*label_sets))
     skipped = sorted(set.union(*label_sets) - set(labels))

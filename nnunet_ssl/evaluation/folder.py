@@ -25,6 +25,8 @@ MAX_LABELS = 100
 CONVENTIONS = {
     "both_empty": "Dice 1.0, HD95 0.0 mm (included in summaries)",
     "one_empty": "Dice 0.0, HD95 NaN (left out of HD95 summaries, counted in n_nan)",
+    "absent_everywhere": "a label in no prediction and no reference: Dice and HD95 NaN in every case, "
+                         "with a warning",
     "hd95": "max of the two directed 95th percentiles of surface-voxel distances, in mm",
     "icc": "ICC(3,1): two-way mixed, consistency, single rater, on (predicted, true) volumes",
 }
@@ -121,6 +123,11 @@ def _empty_row(case: str, label: int, settings: Settings) -> dict:
     return {"case": case, "label": label, **label_metrics(empty, empty, (1.0, 1.0, 1.0), settings)}
 
 
+def _undefined(row: dict) -> dict:
+    # A label in no file of either folder: nothing agrees or disagrees, so overlap and distance are undefined
+    return {**row, "dice": float("nan"), "hd95_mm": float("nan")}
+
+
 def evaluate_folder(pred_dir: Path, gt_dir: Path, settings: Settings = Settings(),
                     file_ending: str = ".nii.gz", num_processes: int = 1,
                     allow_missing: bool = False, progress: bool | None = None) -> tuple[list[dict], dict]:
@@ -128,7 +135,9 @@ def evaluate_folder(pred_dir: Path, gt_dir: Path, settings: Settings = Settings(
 
     Without ``settings.labels`` the labels are every foreground value found in
     any prediction or reference (label 1 if every mask is empty); a case
-    without a label gets the both-empty values for it.
+    without a label gets the both-empty values for it. A label found in no
+    file at all gets NaN Dice and HD95 in every case and a warning in
+    ``summary["warnings"]``.
 
     Example:
         >>> rows, summary = evaluate_folder(Path("pred"), Path("labelsTr"), num_processes=4)  # doctest: +SKIP
@@ -153,11 +162,20 @@ def evaluate_folder(pred_dir: Path, gt_dir: Path, settings: Settings = Settings(
     if not labels:
         # Every mask is empty: report the binary task's label rather than nothing.
         labels = [1]
+    found = set().union(*(found for _, found in results))
+    absent = [label for label in labels if label not in found]
     rows = []
     for (case, _, _), (case_rows, _) in zip(pairs, results):
         by_label = {r["label"]: r for r in case_rows}
-        rows.extend(by_label.get(label) or _empty_row(case, label, settings) for label in labels)
+        for label in labels:
+            row = by_label.get(label) or _empty_row(case, label, settings)
+            rows.append(_undefined(row) if label in absent else row)
     summary = summarize(rows, labels)
+    for label in labels:
+        summary["labels"][str(label)]["absent_everywhere"] = label in absent
+    summary["warnings"] = [
+        f"label {label} is in no prediction and no reference; its Dice and HD95 are undefined (NaN), not the "
+        "both-empty 1.0 / 0.0 of a single case. Check the label number." for label in absent]
     summary["settings"] = {
         "prediction_folder": str(Path(pred_dir).resolve()), "ground_truth_folder": str(Path(gt_dir).resolve()),
         "file_ending": file_ending, "labels": labels, "min_lesion_ml": settings.min_lesion_ml,
@@ -198,9 +216,8 @@ def summarize(rows: Sequence[dict], labels: Sequence[int]) -> dict:
 
 def write_outputs(out_dir: Path, rows: Sequence[dict], summary: dict) -> tuple[Path, Path]:
     """Write the per-case CSV and the JSON summary into ``out_dir`` (created if needed)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path, json_path = out_dir / PER_CASE_FILE, out_dir / SUMMARY_FILE
-    io.write_csv(csv_path, rows, PER_CASE_COLUMNS)
-    io.write_json(json_path, summary)
+    with io.output_folder(out_dir) as out_dir:
+        csv_path, json_path = out_dir / PER_CASE_FILE, out_dir / SUMMARY_FILE
+        io.write_csv(csv_path, rows, PER_CASE_COLUMNS)
+        io.write_json(json_path, summary)
     return csv_path, json_path

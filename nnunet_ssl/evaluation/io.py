@@ -6,11 +6,12 @@ Case identifiers are file names without the file ending, as in nnU-Net
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -89,6 +90,12 @@ def read_label_map(path: Path) -> tuple[np.ndarray, tuple[float, ...], Any]:
         image = read_image(path, pixel_type=None)  # detects truncated and corrupt files
     except CaseError as e:
         raise UserError(f"{path}: {e}") from None
+    if image.GetDimension() != 3:
+        raise UserError(f"{path} is a {image.GetDimension()}D image; label maps must be 3D volumes "
+                        "(one file per case, as nnU-Net writes them).")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise UserError(f"{path} has {image.GetNumberOfComponentsPerPixel()} components per voxel; "
+                        "a label map has one.")
     array = sitk.GetArrayViewFromImage(image)
     if not np.issubdtype(array.dtype, np.integer):
         if not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array)):
@@ -118,6 +125,25 @@ def check_geometry(case: str, pred_image: Any, true_image: Any,
             raise UserError(f"Case {case}: {what.lower()} of the prediction {shown(p)} differs from the "
                             f"ground truth {shown(t)} (ITK order x, y, z) by more than {tolerance}. "
                             "Predictions must be on the reference grid; resample the prediction first.")
+
+
+@contextlib.contextmanager
+def output_folder(out_dir: Path) -> Iterator[Path]:
+    """Create ``out_dir`` and turn any failure to write into it into one clear :class:`UserError`.
+
+    Example:
+        >>> with output_folder(Path("eval")) as out:  # doctest: +SKIP
+        ...     write_json(out / "summary.json", {})
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"The output {out_dir} is a file; give a folder with -o.")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        yield out_dir
+    except OSError as e:
+        raise UserError(f"cannot write to {out_dir}: {e.strerror or e}. Choose a folder you may write to "
+                        "with -o.") from None
 
 
 def _clean(value: Any) -> Any:

@@ -176,8 +176,11 @@ def write_report(comp: Comparison, out_dir: Path) -> dict[str, Path]:
         >>> write_report(comp, Path("comparison"))["report"]  # doctest: +SKIP
         PosixPath('comparison/report.md')
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with io.output_folder(out_dir) as out_dir:
+        return _write_report(comp, out_dir)
+
+
+def _write_report(comp: Comparison, out_dir: Path) -> dict[str, Path]:
     figures: dict[int, list[Path]] = {}
     for label in comp.labels:
         figures[label] = [boxplot(comp, label, m, out_dir / f"boxplot_{m}_label{label}.png")
