@@ -20,6 +20,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
+from nnunet_ssl.desd.recipe import resolve as resolve_recipe
+
 
 @dataclass(frozen=True)
 class DeSDSettings:
@@ -28,6 +30,9 @@ class DeSDSettings:
     Where the paper is silent the value follows DINO (Caron et al. 2021).
     """
 
+    # "adaptive": momentum, lr, K, temperatures and warm-ups not set here follow the run's batch and
+    # length (nnunet_ssl.desd.recipe; the paper's values at the paper's run); "paper": the paper's values
+    recipe: str = "adaptive"
     # training length (nnU-Net's names)
     num_epochs: int = 100
     num_iterations_per_epoch: int = 9600
@@ -108,12 +113,18 @@ class DeSDSettings:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"Unknown SSL setting(s) {unknown}. Known settings: {sorted(known)}")
+        values = resolve_recipe(values, cls.field_defaults())
         for key in ("view_size", "head_weights"):
             if values.get(key) is not None:
                 values[key] = tuple(values[key])
         if "view_size" in values:
             values["view_size"] = tuple(int(v) for v in values["view_size"])
         return cls(**values)
+
+    @classmethod
+    def field_defaults(cls) -> dict:
+        """Every setting's default (the paper's run)."""
+        return {f.name: f.default for f in dataclasses.fields(cls)}
 
     @classmethod
     def from_configuration(cls, configuration: Mapping[str, Any]) -> "DeSDSettings":
