@@ -8,9 +8,9 @@ Usage::
 
     python bench/label_efficiency.py -o le_run                        # counts 2 4, scratch 7 14, seeds 0 1
     python bench/label_efficiency.py -o le_run --seeds 0 1 2          # add a seed to the same run
-    python bench/label_efficiency.py -o le_tiny --counts 1 2 --scratch-counts --seeds 0 \\
-        --n-labelled 2 --n-unlabelled 2 --n-test 2 --shape 32 32 32 --epochs 1 --iterations 2 \\
-        --ssl '{"num_epochs": 1, "num_iterations_per_epoch": 2}'
+    python bench/label_efficiency.py -o le_run50 --ssl my_ssl_settings.json --epochs 50
+
+(docs/label-efficiency.md has a smoke run with tiny sizes.)
 """
 from __future__ import annotations
 
@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = BenchmarkConfig()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("-o", "--output", type=Path, required=True, help="folder of the run (created; continued if it holds one)")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="folder of the run (created; continued if it holds one)")
     p.add_argument("--counts", type=int, nargs="+", default=list(d.counts),
                    help="labelled training cases of the paired scratch-n / ssl-n arms")
     p.add_argument("--scratch-counts", type=int, nargs="*", default=list(d.scratch_counts),

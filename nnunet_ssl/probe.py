@@ -227,7 +227,7 @@ def window_brain_mask(image: np.ndarray) -> np.ndarray:
 
 def load_preprocessed_cases(folder: str | os.PathLike, identifiers: Optional[Sequence[str]] = None,
                             brain_folder: Optional[str | os.PathLike] = None) -> list[ProbeCase]:
-    """Cases from an nnU-Net preprocessed data folder (e.g. ``nnUNet_preprocessed/Dataset991_X/nnUNetPlans_3d_fullres``).
+    """Cases from an nnU-Net preprocessed data folder (``nnUNet_preprocessed/DatasetXXX_Name/<data identifier>``).
 
     ``data`` is the image, ``seg > 0`` the lesion (``-1``, outside the cropped
     region, is not lesion). The brain is ``seg > 0`` of the same case in

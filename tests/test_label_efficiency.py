@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, TRAINERS
-from nnunet_ssl.errors import UserError
 from nnunet_ssl import label_efficiency as le
+from nnunet_ssl.errors import UserError
 from nnunet_ssl.label_efficiency import (
     Arm, BenchmarkConfig, fold_seed, folds, format_table, labelled_subsets, open_results, plan_arms, plot,
     summarise)
@@ -233,7 +233,8 @@ def test_budget_trainer_reads_budget_and_seeds(nnunet_env, monkeypatch):
     assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
     # the configuration is the stock one otherwise
     manager = PlansManager(plans)
-    assert manager.get_configuration("3d_fullres_budget").patch_size == manager.get_configuration("3d_fullres").patch_size
+    budget_cm, stock_cm = manager.get_configuration("3d_fullres_budget"), manager.get_configuration("3d_fullres")
+    assert budget_cm.patch_size == stock_cm.patch_size and budget_cm.data_identifier == stock_cm.data_identifier
     plans["configurations"]["3d_fullres_budget"]["budget"]["final_validation"] = False
     assert not make(0).final_validation
     plans["configurations"]["3d_fullres_budget"]["budget"]["epochs"] = 1

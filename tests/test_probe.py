@@ -155,7 +155,8 @@ def test_load_preprocessed_cases(nnunet_env):
         if case.lesion.any():
             assert case.brain[case.lesion].mean() > 0.97
         assert 0.1 < case.brain.mean() < 0.6
-    one = load_preprocessed_cases(_preprocessed_folder(root), identifiers=["case_001"], brain_folder=_preprocessed_folder(root))
+    folder = _preprocessed_folder(root)
+    one = load_preprocessed_cases(folder, identifiers=["case_001"], brain_folder=folder)
     assert np.array_equal(one[0].brain, one[0].lesion)  # brain taken from the other folder's labels
     with pytest.raises(UserError, match="not in"):
         load_preprocessed_cases(_preprocessed_folder(root), identifiers=["case_999"])
