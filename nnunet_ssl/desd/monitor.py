@@ -54,3 +54,51 @@ def collapse_reason(entropy: float, out_dim: int, rankme_embedding: Optional[flo
     if rankme_embedding is not None and rankme_embedding < MIN_RANKME:
         return f"RankMe of the teacher's embeddings is {rankme_embedding:.2f}, near 1"
     return None
+
+
+def collapse_advice(settings, reason: str) -> str:
+    """What to change, from the run's own figures, for a run whose guard found ``reason``.
+
+    Compares the run's settings with what the adaptive recipe (:mod:`nnunet_ssl.desd.recipe`)
+    would choose for its batch and length, and names every setting that is off in the direction
+    that leads to ``reason`` (uniform or one-hot outputs, or low RankMe).
+
+    Example:
+        >>> from nnunet_ssl.desd.settings import DeSDSettings
+        >>> s = DeSDSettings.from_dict({"recipe": "paper", "batch_size": 4, "num_epochs": 30,
+        ...                             "num_iterations_per_epoch": 50})
+        >>> print(collapse_advice(s, "teacher outputs are uniform"))  # doctest: +NORMALIZE_WHITESPACE
+        8 views per step against K = 65536 prototypes: lower out_dim to 4096 (512 per view) or raise the batch;
+        teacher momentum 0.9996 averages over 2500 iterations, 167% of this 1500-iteration run: lower
+        momentum_teacher to 0.99; teacher temperature 0.07 is soft for 8 views per step: lower teacher_temp to
+        0.0419 (recipe "adaptive" chooses all of these)
+    """
+    from nnunet_ssl.desd.recipe import adaptive_values
+
+    b, total = settings.batch_size, settings.num_epochs * settings.num_iterations_per_epoch
+    views = 2 * b
+    want = adaptive_values(b, settings.num_epochs, settings.num_iterations_per_epoch)
+    tips = []
+    one_hot = "one-hot" in reason
+    if not one_hot and settings.out_dim > 2 * want["out_dim"]:
+        tips.append(f"{views} views per step against K = {settings.out_dim} prototypes: lower out_dim to "
+                    f"{want['out_dim']} ({want['out_dim'] // views} per view) or raise the batch")
+    horizon = 1.0 / max(1.0 - settings.momentum_teacher, 1e-12)
+    if horizon > 2.0 / max(1.0 - want["momentum_teacher"], 1e-12):
+        tips.append(f"teacher momentum {settings.momentum_teacher} averages over {horizon:.0f} iterations, "
+                    f"{100 * horizon / total:.0f}% of this {total}-iteration run: lower momentum_teacher to "
+                    f"{want['momentum_teacher']}")
+    if not one_hot and settings.teacher_temp > want["teacher_temp"] + 0.005:
+        tips.append(f"teacher temperature {settings.teacher_temp} is soft for {views} views per step: lower "
+                    f"teacher_temp to {want['teacher_temp']}")
+    if one_hot and settings.teacher_temp < want["teacher_temp"] - 0.005:
+        tips.append(f"teacher temperature {settings.teacher_temp} is sharp: raise teacher_temp to "
+                    f"{want['teacher_temp']}")
+    lr_ratio = settings.lr / want["lr"]
+    if lr_ratio > 4 or lr_ratio < 0.25:
+        tips.append(f"lr {settings.lr} (per 256) is {lr_ratio:.2g} times the recipe's {want['lr']:.3g} for a "
+                    f"batch of {b}")
+    if tips:
+        return "; ".join(tips) + ' (recipe "adaptive" chooses all of these)'
+    return (f"the settings follow the adaptive recipe for {views} views per step; raise the batch "
+            "(more views per step), or add koleo_weight (e.g. 0.1) to spread the features")

@@ -20,6 +20,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional
 
+from nnunet_ssl.desd.recipe import resolve as resolve_recipe
+
 
 @dataclass(frozen=True)
 class DeSDSettings:
@@ -28,6 +30,9 @@ class DeSDSettings:
     Where the paper is silent the value follows DINO (Caron et al. 2021).
     """
 
+    # "adaptive": momentum, lr, K, temperatures and warm-ups not set here follow the run's batch and
+    # length (nnunet_ssl.desd.recipe; the paper's values at the paper's run); "paper": the paper's values
+    recipe: str = "adaptive"
     # training length (nnU-Net's names)
     num_epochs: int = 100
     num_iterations_per_epoch: int = 9600
@@ -147,7 +152,13 @@ class DeSDSettings:
             else:
                 example = f.default if f.default is not None else {int: 1, float: 0.5, bool: True, str: "x"}[kind]
                 values[f.name] = scalar(f.name, kind, value, example)
+        values = resolve_recipe(values, cls.field_defaults())
         return cls(**values)
+
+    @classmethod
+    def field_defaults(cls) -> dict:
+        """Every setting's default (the paper's run)."""
+        return {f.name: f.default for f in dataclasses.fields(cls)}
 
     @classmethod
     def from_configuration(cls, configuration: Mapping[str, Any]) -> "DeSDSettings":
