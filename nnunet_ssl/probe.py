@@ -327,3 +327,44 @@ def encoder_from_plans(plans_file: str | os.PathLike, configuration: str = "3d_f
     encoder = network.encoder
     encoder.return_skips = True
     return encoder.eval()
+
+
+# ---------------------------------------------------------------- monitoring
+class ProbeMonitor:
+    """The linear probe as a per-epoch score of an SSL run (``ssl.probe_data``).
+
+    Loads the labelled cases of a preprocessed folder once; cases with lesion voxels are
+    split alternately (in sorted order) into the probe's training and held-out halves, and
+    :meth:`score` fits the probe on the encoder as it is now.
+
+    Args:
+        folder: A preprocessed data folder of labelled cases, prepared with the same
+            normalisation as the SSL dataset (e.g. the target of ``nnunet-ssl plan-target``).
+        voxels_per_class: Voxels sampled per class and case.
+        seed: Seeds the voxel sampling; the same every epoch, so scores are comparable.
+
+    Example:
+        >>> monitor = ProbeMonitor("nnUNet_preprocessed/Dataset991_DemoStroke/"
+        ...                        "nnUNetPlans_from_Dataset990_3d_fullres")  # doctest: +SKIP
+        >>> monitor.score(trainer.network.teacher.encoder)  # doctest: +SKIP
+        0.83
+    """
+
+    def __init__(self, folder: str | os.PathLike, voxels_per_class: int = 500, seed: int = 0):
+        cases = [c for c in load_preprocessed_cases(folder) if c.lesion.any()]
+        if len(cases) < 2:
+            raise UserError(f"the probe needs at least two cases with lesion voxels in {folder}, found {len(cases)}")
+        self.train_cases, self.test_cases = cases[0::2], cases[1::2]
+        self.voxels_per_class, self.seed = voxels_per_class, seed
+
+    def score(self, encoder: torch.nn.Module, device: str | torch.device = "cpu") -> float:
+        """Probe ROC AUC on the held-out half, with ``encoder`` frozen (its mode and ``return_skips`` kept)."""
+        skips = getattr(encoder, "return_skips", None)
+        if skips is not None:
+            encoder.return_skips = True
+        try:
+            return linear_probe_auc(encoder, self.train_cases, self.test_cases, self.voxels_per_class, self.seed,
+                                    device=device)
+        finally:
+            if skips is not None:
+                encoder.return_skips = skips

@@ -220,3 +220,24 @@ def test_collapse_guard_warns_and_stops(nnunet_env):
     import os
     assert os.path.isfile(os.path.join(trainer.output_folder, "checkpoint_latest.pth"))
     assert os.path.isfile(os.path.join(trainer.output_folder, "checkpoint_best_rankme.pth"))
+
+
+def test_linear_probe_is_logged_each_epoch_with_its_best_checkpoint(nnunet_env):
+    import os
+
+    from nnunet_ssl.probe import ProbeMonitor, encoder_from_ssl_checkpoint
+
+    plans, _ = _plans_and_json(nnunet_env["root"])
+    identifier = plans["configurations"]["3d_fullres"]["data_identifier"]
+    ssl = dict(plans["configurations"]["3d_fullres"]["ssl"], probe_data=f"Dataset501_Tiny/{identifier}")
+    plans["configurations"]["3d_probe"] = {"inherits_from": "3d_fullres", "ssl": ssl}
+    trainer = _trainer(nnunet_env["root"], "3d_probe", fold=4, plans=plans)
+    trainer.run_training()
+    scores = trainer.logger.local_logger.my_fantastic_logging["probe_auc"]
+    assert len(scores) == 2 and all(0.0 <= v <= 1.0 for v in scores)
+    best = os.path.join(trainer.output_folder, "checkpoint_best_probe.pth")
+    assert os.path.isfile(best)
+    # the best checkpoint's teacher scores what was logged for its epoch
+    monitor = ProbeMonitor(os.path.join(nnunet_env["root"], "preprocessed", "Dataset501_Tiny", identifier))
+    assert monitor.score(encoder_from_ssl_checkpoint(best)) == pytest.approx(max(scores), abs=1e-6)
+    assert "linear probe AUC" in open(trainer.log_file, encoding="utf-8").read()

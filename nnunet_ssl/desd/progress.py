@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from nnunetv2.training.logging.nnunet_logger import LocalLogger  # noqa: E402
 
 SSL_KEYS = ("train_losses", "val_losses", "teacher_entropy", "kl_teacher_student", "rankme_embedding",
-            "rankme_features", "lrs", "weight_decays", "momentums", "teacher_temps",
+            "rankme_features", "probe_auc", "lrs", "weight_decays", "momentums", "teacher_temps",
             "epoch_start_timestamps", "epoch_end_timestamps")
 
 
@@ -30,6 +30,9 @@ class SSLLocalLogger(LocalLogger):
         return min(len(v) for v in self.my_fantastic_logging.values())
 
     def load_checkpoint(self, checkpoint: dict):
+        checkpoint = dict(checkpoint)
+        if "probe_auc" not in checkpoint and "train_losses" in checkpoint:  # written before the probe existed
+            checkpoint["probe_auc"] = [float("nan")] * len(checkpoint["train_losses"])
         missing = [k for k in SSL_KEYS if k not in checkpoint]
         if missing:
             raise ValueError(f"checkpoint logging lacks SSL keys {missing}: not an SSL checkpoint")
@@ -56,7 +59,12 @@ class SSLLocalLogger(LocalLogger):
         ax.plot(x, log["rankme_embedding"], "m-", label="RankMe, teacher embedding")
         ax.plot(x, log["rankme_features"], "k-", label="RankMe, teacher pooled encoder features")
         ax.set_ylabel("effective rank")
-        ax.legend()
+        ax.legend(loc="upper left")
+        if any(v == v for v in log["probe_auc"]):  # not all NaN: ssl.probe_data is set
+            ax2 = ax.twinx()
+            ax2.plot(x, log["probe_auc"], "r-o", label="linear probe ROC AUC (lesion vs. brain)")
+            ax2.set_ylabel("ROC AUC")
+            ax2.legend(loc="upper right")
         ax = axes[2]
         ax.plot(x, log["lrs"], "b-", label="learning rate")
         ax.set_ylabel("learning rate")

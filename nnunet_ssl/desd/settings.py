@@ -78,6 +78,9 @@ class DeSDSettings:
     freeze_last_layer_epochs: int = 1
     # monitoring: RankMe on fixed validation views, and the collapse guard
     rankme_batches: int = 4
+    # linear probe each epoch (optional): a preprocessed folder of labelled cases, absolute or relative to
+    # nnUNet_preprocessed, normalised as the SSL data (e.g. "Dataset502_Stroke/nnUNetPlans_from_Dataset500_3d_fullres")
+    probe_data: Optional[str] = None
     monitor_warmup_epochs: int = 5  # epochs before checkpoint_best_rankme.pth and the collapse guard start
     collapse_patience: int = 3  # epochs in a row that look collapsed before the guard acts
     stop_on_collapse: bool = False

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from os.path import join
 from typing import List, Union
 
@@ -89,6 +90,8 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
         self.logger.local_logger = SSLLocalLogger()
         self._best_val_loss = None
         self._best_rankme = None
+        self._best_probe = None
+        self._probe = None
         self._collapsed_epochs = 0
         self._rankme_views: list = []
         self._step_in_epoch = 0
@@ -136,6 +139,14 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
                                f"{list(encoder.output_channels)}, K = {s.out_dim}, total batch "
                                f"{self.configuration_manager.batch_size}, view size {list(s.view_size)}")
         self.logger.update_config({"ssl": s.to_dict()})
+        if s.probe_data is not None:
+            from nnunet_ssl.probe import ProbeMonitor
+
+            folder = s.probe_data if os.path.isabs(s.probe_data) else \
+                join(os.environ.get("nnUNet_preprocessed", ""), s.probe_data)
+            self._probe = ProbeMonitor(folder)
+            self.print_to_log_file(f"Linear probe each epoch on {folder}: {len(self._probe.train_cases)} fitting and "
+                                   f"{len(self._probe.test_cases)} held-out cases")
 
     def _build_schedules(self) -> None:
         s = self.ssl_settings
@@ -252,6 +263,8 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
         ranks = teacher_rankme(self.network.teacher, self._rankme_views, self.device)
         for key, value in ranks.items():
             self.logger.log(key, value, self.current_epoch)
+        probe = self._probe.score(self.network.teacher.encoder, self.device) if self._probe else float("nan")
+        self.logger.log("probe_auc", probe, self.current_epoch)
 
     def on_epoch_end(self):
         from time import time
@@ -270,12 +283,21 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
         is_best = self._best_val_loss is None or val_loss < self._best_val_loss
         if is_best:  # before writing checkpoint_latest, so that a resumed run knows the best so far
             self._best_val_loss = val_loss
+        probe = get("probe_auc", step=-1)
+        is_best_probe = bool(np.isfinite(probe)) and (self._best_probe is None or probe > self._best_probe)
+        if np.isfinite(probe):
+            self.print_to_log_file("linear probe AUC", np.round(probe, decimals=4))
+        if is_best_probe:
+            self._best_probe = probe
         self._monitor(e)  # likewise: checkpoint_latest holds this epoch's collapse count
         if (e + 1) % self.save_every == 0 and e != (self.num_epochs - 1):
             self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"))
         if is_best:
             self.print_to_log_file(f"New best validation SSL loss: {np.round(val_loss, decimals=4)}")
             self.save_checkpoint(join(self.output_folder, "checkpoint_best.pth"))
+        if is_best_probe:
+            self.print_to_log_file(f"New best linear probe AUC: {np.round(probe, decimals=4)}")
+            self.save_checkpoint(join(self.output_folder, "checkpoint_best_probe.pth"))
         if self.local_rank == 0:
             self.logger.plot_progress_png(self.output_folder)
         self.current_epoch += 1
@@ -314,6 +336,7 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
             "logging": self.logger.get_checkpoint(),
             "_best_ema": self._best_val_loss,
             "_best_rankme": self._best_rankme,
+            "_best_probe": self._best_probe,
             "_collapsed_epochs": self._collapsed_epochs,
             "current_epoch": self.current_epoch + 1,
             "init_args": self.my_init_kwargs,
@@ -358,5 +381,6 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
         self.current_epoch = checkpoint["current_epoch"]
         self._best_val_loss = checkpoint["_best_ema"]
         self._best_rankme = checkpoint.get("_best_rankme")
+        self._best_probe = checkpoint.get("_best_probe")
         self._collapsed_epochs = checkpoint.get("_collapsed_epochs", 0)  # the collapse guard resumes its count
         self.inference_allowed_mirroring_axes = checkpoint.get("inference_allowed_mirroring_axes")
