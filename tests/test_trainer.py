@@ -215,7 +215,9 @@ def test_collapse_guard_warns_and_stops(nnunet_env):
     trainer = _trainer(nnunet_env["root"], "3d_collapse", fold=3, plans=plans)
     with pytest.raises(CollapseError, match="one-hot"):
         trainer.run_training()
-    assert "WARNING: representation collapse" in open(trainer.log_file, encoding="utf-8").read()
+    log = open(trainer.log_file, encoding="utf-8").read()
+    assert "WARNING: representation collapse" in log
+    assert "What to change: teacher temperature 0.0001 is sharp: raise teacher_temp to" in log
     assert trainer.current_epoch == 0  # stopped after the first epoch
     import os
     assert os.path.isfile(os.path.join(trainer.output_folder, "checkpoint_latest.pth"))

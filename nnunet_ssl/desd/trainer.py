@@ -55,7 +55,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from nnunet_ssl.checkpoint import save_atomic, ssl_metadata, strip_wrapper_prefixes
 from nnunet_ssl.desd.loss import desd_loss
 from nnunet_ssl.desd.model import DeSDNetwork
-from nnunet_ssl.desd.monitor import CollapseError, collapse_reason, teacher_rankme
+from nnunet_ssl.desd.monitor import CollapseError, collapse_advice, collapse_reason, teacher_rankme
 from nnunet_ssl.desd.progress import SSLLocalLogger
 from nnunet_ssl.desd.schedules import cosine_schedule, teacher_temperature_schedule
 from nnunet_ssl.desd.settings import DeSDSettings
@@ -316,7 +316,7 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
         self._collapsed_epochs = self._collapsed_epochs + 1 if reason else 0
         if self._collapsed_epochs >= s.collapse_patience:
             message = (f"WARNING: representation collapse for {self._collapsed_epochs} epochs: {reason}. "
-                       "Check the temperatures, centre momentum, learning rate and batch size.")
+                       f"What to change: {collapse_advice(s, reason)}.")
             self.print_to_log_file(message)
             if s.stop_on_collapse:
                 self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"))
