@@ -122,6 +122,9 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
         if self.is_ddp:
             network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(network)
         self.network = network.to(self.device)
+        if self._do_i_compile():  # nnU-Net's rule (CUDA, nnUNet_compile); the encoders, not the heads
+            self.print_to_log_file("Using torch.compile for the student and teacher encoders...")
+            self.network.compile_encoders()
         self.student = DDP(self.network.student, device_ids=[self.local_rank]) if self.is_ddp \
             else self.network.student
         self.optimizer = make_optimizer(self.network.student)
@@ -149,9 +152,6 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
 
     def set_deep_supervision_enabled(self, enabled: bool):
         pass  # no decoder
-
-    def _do_i_compile(self):
-        return False  # the student/teacher pair is not compiled; documented in the settings reference
 
     def plot_network_architecture(self):
         pass
@@ -203,6 +203,10 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
                                f"teacher momentum {self._epoch_stats['momentum']:.6f}, "
                                f"teacher temperature {self._epoch_stats['teacher_temp']:.4f}")
 
+    def _autocast_dtype(self):
+        """As nnU-Net: float16 autocast (with its GradScaler) on CUDA only, full precision elsewhere."""
+        return torch.float16 if self.device.type == "cuda" else None
+
     def _views(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         return (batch["data"].to(self.device, non_blocking=True),
                 batch["data2"].to(self.device, non_blocking=True))
@@ -215,7 +219,7 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
             teacher_temp=float(self.teacher_temp_schedule[self.current_epoch]),
             freeze_last_layer=self.current_epoch < self.ssl_settings.freeze_last_layer_epochs)
         out = train_step(self.network, self.student, self.optimizer, *self._views(batch), self.ssl_settings,
-                         schedule, self.grad_scaler)
+                         schedule, self._autocast_dtype(), self.grad_scaler)
         self._step_in_epoch += 1
         return {"loss": out["loss"].cpu().numpy(), "teacher_entropy": np.float64(out["teacher_entropy"]),
                 "kl_teacher_student": np.float64(out["kl_teacher_student"])}
@@ -241,7 +245,7 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
     def validation_step(self, batch: dict) -> dict:
         s = self.ssl_settings
         student_logits, teacher_logits = forward_views(self.network, self.network.student, *self._views(batch),
-                                                       self.grad_scaler is not None)
+                                                       self._autocast_dtype())
         loss = desd_loss(student_logits, teacher_logits, self.network.center, s.student_temp,
                          float(self.teacher_temp_schedule[self.current_epoch]), s.head_weights)
         return {"loss": loss.detach().cpu().numpy()}
