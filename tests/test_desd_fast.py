@@ -89,6 +89,26 @@ def _views():
 
 
 # ------------------------------------------------------------------------------------------ heads
+def test_last_layer_equals_normalise_then_linear_forward_and_gradients():
+    """Outputs divided by the row norms against ``F.linear(z, F.normalize(V, dim=1))``, with a zero row
+    (its norm clamped, as F.normalize does)."""
+    g = torch.Generator().manual_seed(0)
+    head = ProjectionHead(4, out_dim=32, hidden_dim=8, bottleneck_dim=8).to(F64)
+    with torch.no_grad():
+        head.last_layer.weight.copy_(torch.randn(32, 8, generator=g, dtype=F64))
+        head.last_layer.weight[3] = 0.0
+    v = head.last_layer.weight.detach().clone().requires_grad_(True)
+    z = torch.randn(5, 8, generator=g, dtype=F64, requires_grad=True)
+    z2 = z.detach().clone().requires_grad_(True)
+    upstream = torch.randn(5, 32, generator=g, dtype=F64)
+    got, want = head.prototypes(z), F.linear(z2, F.normalize(v, dim=1))
+    torch.testing.assert_close(got, want)
+    (got * upstream).sum().backward()
+    (want * upstream).sum().backward()
+    torch.testing.assert_close(z.grad, z2.grad)
+    torch.testing.assert_close(head.last_layer.weight.grad, v.grad)
+
+
 def test_heads_equal_plain_head_loop_forward_and_gradients(tiny_unet):
     net = _network(tiny_unet)
     ref = copy.deepcopy(net)

@@ -1,14 +1,16 @@
 """Projection heads: pooled encoder features -> K logits (DINO's ``DINOHead``).
 
 Plain modules on every device. The last layer is weight-normalised with the gain frozen
-at 1 (DINO's ``norm_last_layer=True``), written as ``F.linear(z, F.normalize(W, dim=1))``,
-so the state dict holds one ``last_layer.weight`` (the directions) per head.
+at 1 (DINO's ``norm_last_layer=True``): the state dict holds one ``last_layer.weight`` (the
+directions) per head, and the logits are ``F.linear(z, F.normalize(W, dim=1))``.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+NORM_EPS = 1e-12  # as F.normalize
 
 
 class ProjectionHead(nn.Module):
@@ -50,8 +52,14 @@ class ProjectionHead(nn.Module):
         return self.mlp(x)
 
     def prototypes(self, z: torch.Tensor) -> torch.Tensor:
-        """Logits of unit-length embeddings ``z``: the weight-normalised last layer."""
-        return F.linear(z, F.normalize(self.last_layer.weight, dim=1))
+        """Logits of unit-length embeddings ``z``: ``F.linear(z, F.normalize(W, dim=1))``.
+
+        Computed as ``(z W^T) / ||W_k||``, each output divided by its row's norm: the same
+        values and gradients without a normalised copy of ``W`` (16.8M elements per head with
+        K = 65536), which costs a full-size tensor in the forward and several in the backward.
+        """
+        weight = self.last_layer.weight
+        return F.linear(z, weight) / torch.linalg.vector_norm(weight, dim=1).clamp_min(NORM_EPS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.prototypes(F.normalize(self.embed(x), dim=-1))

@@ -134,8 +134,8 @@ def make_optimizer(module: torch.nn.Module) -> torch.optim.AdamW:
 def clip_per_parameter_(params: Sequence[torch.Tensor], max_norm: float) -> None:
     """DINO's ``clip_gradients``: scale each gradient whose norm exceeds ``max_norm`` down to it.
 
-    The coefficients stay on the device (a factor of 1 where a gradient is within the
-    bound), so the step does not wait for the GPU here.
+    All norms are computed in one foreach call and read back at once (the step reads its
+    loss back anyway); only the gradients above the bound are scaled.
 
     Example:
         >>> p = torch.zeros(2, requires_grad=True); p.grad = torch.tensor([3.0, 4.0])
@@ -145,6 +145,7 @@ def clip_per_parameter_(params: Sequence[torch.Tensor], max_norm: float) -> None
     grads = [p.grad for p in params if p.grad is not None]
     if not grads or max_norm <= 0:
         return
-    norms = torch.stack(torch._foreach_norm(grads))
-    coefs = (max_norm / (norms + 1e-6)).clamp(max=1.0).to(grads[0].dtype)
-    torch._foreach_mul_(grads, list(coefs.unbind()))
+    coefs = (max_norm / (torch.stack(torch._foreach_norm(grads)).float() + 1e-6)).tolist()
+    clipped = [(g, c) for g, c in zip(grads, coefs) if c < 1.0]
+    if clipped:
+        torch._foreach_mul_([g for g, _ in clipped], [c for _, c in clipped])
