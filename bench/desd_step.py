@@ -273,6 +273,8 @@ def main() -> None:
     p.add_argument("--shared-last-layer", action="store_true", help="opt-in: one last layer for all heads")
     p.add_argument("--keep-freed-memory", action="store_true",
                    help="run the workloads with glibc keeping freed memory (no page faults of reused memory)")
+    p.add_argument("--no-memory", action="store_true",
+                   help="time only: skip the peak-memory processes (with --compile, each would compile again)")
     p.add_argument("--workload", choices=["desd", "bare", "finetune"], help=argparse.SUPPRESS)
     p.add_argument("--timing", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -305,7 +307,8 @@ def main() -> None:
     for r in range(args.rounds):
         results = run(["--timing"])
         for w in workloads:
-            results[w].update(run(["--workload", w]))
+            not_measured = {"peak_mb": float("nan"), "peak_kind": "peak memory not measured"}
+            results[w].update(not_measured if args.no_memory else run(["--workload", w]))
             results[w]["median_s"] = med(results[w]["times"])
         for other in ("bare", "finetune"):
             if "desd" in workloads and other in workloads:  # step by step: both saw the same moment
