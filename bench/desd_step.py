@@ -343,8 +343,8 @@ def main() -> None:
         if "desd" in workloads and other in workloads:
             t = med(r[f"desd/{other}"] for r in rounds)
             m = med(r["desd"]["peak_mb"] / r[other]["peak_mb"] for r in rounds)
-            print(f"DeSD / {label + ':':<19} time {t:.2f}x (median of the step-by-step ratios), "
-                  f"peak memory {m:.2f}x")
+            print(f"DeSD / {label + ':':<19} time {t:.2f}x (median of the step-by-step ratios)"
+                  + ("" if args.no_memory else f", peak memory {m:.2f}x"))
 
 
 if __name__ == "__main__":
