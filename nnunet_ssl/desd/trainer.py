@@ -5,7 +5,9 @@ Contract with nnU-Net (what this trainer changes and what it keeps):
 * Kept: plans and preprocessed data, splits and folds, data-augmentation
   pipeline (``get_training_transforms``), device selection, DDP batch splitting,
   logging to ``training_log_*.txt``, output folder layout, ``--c`` resume,
-  ``-num_gpus``.
+  ``-num_gpus``, mixed precision (float16 autocast with ``self.grad_scaler`` on CUDA
+  only) and ``torch.compile`` where ``_do_i_compile`` says so (applied to the two
+  encoders, not to the heads).
 * Network: the U-Net the plans name is built with the stock
   ``build_network_architecture``; only its ``encoder`` is kept and wrapped in a
   :class:`~nnunet_ssl.desd.model.DeSDNetwork` (student with one head per stage,
