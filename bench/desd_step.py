@@ -22,6 +22,13 @@ resident set after the imports (so the parameters, optimiser state and activatio
 count, the libraries do not). With ``--rounds R`` all of it runs R times and each figure is
 the median over the rounds.
 
+Precision and compilation follow the trainer: ``--amp auto`` (the default) is float16 autocast
+with a ``GradScaler`` on CUDA and float32 on the CPU, as nnU-Net; ``--amp bf16`` is bfloat16
+autocast without a scaler (the CPU's mixed precision), ``--amp off`` float32 everywhere.
+``--compile`` compiles the student and teacher encoders (DeSD: ``DeSDNetwork.compile_encoders``,
+as the trainer does where nnU-Net compiles; bare: the same two encoders) and the fine-tuning
+U-Net, as nnU-Net does; compilation happens during the warm-up steps.
+
 On the CPU, glibc's allocator hands large blocks back to the system when they are freed
 and the next step faults them in again, page by page: in the paper configuration that is
 most of a step's system time, in every workload (the ``faults/step`` and ``sys s/step``
@@ -34,6 +41,7 @@ Usage::
     python bench/desd_step.py --config tiny
     python bench/desd_step.py --config paper --steps 5 --rounds 3 --workloads bare,desd
     python bench/desd_step.py --config paper --steps 5 --rounds 2 --workloads bare,desd --keep-freed-memory
+    python bench/desd_step.py --config paper --device cuda --compile --workloads bare,desd
 """
 from __future__ import annotations
 
@@ -84,6 +92,18 @@ def _current_rss_mb() -> float:
     return pages * resource.getpagesize() / 2**20
 
 
+def precision(args, device):
+    """``(autocast dtype or None, GradScaler or None)`` for ``--amp``."""
+    import torch
+
+    mode = args.amp if args.amp != "auto" else ("fp16" if device.type == "cuda" else "off")
+    if mode == "off":
+        return None, None
+    if mode == "bf16":
+        return torch.bfloat16, None
+    return torch.float16, torch.amp.GradScaler(device.type)
+
+
 def make_step(args, workload: str):
     """The step function of ``workload`` on its own model and optimiser."""
     import torch
@@ -95,42 +115,47 @@ def make_step(args, workload: str):
     torch.manual_seed(0)
     cfg = CONFIGS[args.config]
     device = torch.device(args.device)
-    use_amp = device.type == "cuda" and not args.no_amp
+    dtype, scaler = precision(args, device)
+    autocast = dict(device_type=device.type, dtype=dtype, enabled=dtype is not None)
     b = args.batch
     views = [torch.randn(b, 1, *cfg["view"], device=device) for _ in range(2)]
     settings = DeSDSettings(out_dim=args.out_dim or cfg["out_dim"], batch_size=b, view_size=tuple(cfg["view"]),
                             view_sampling="region")  # views are random tensors here
     settings = settings.replace(hidden_dim=args.hidden_dim or settings.hidden_dim,
-                                head_update_in_backward=not args.no_in_backward,
                                 shared_last_layer=args.shared_last_layer)
 
     if workload in ("desd", "bare"):
         kind = {"fused": {"fused": True}, "foreach": {"foreach": True}, "for-loop": {"foreach": False}}[args.optimizer]
-        scaler = torch.amp.GradScaler("cuda") if use_amp else None
         encoder = build_unet(cfg, False).encoder.to(device)
         if workload == "desd":
             net = DeSDNetwork.from_settings(encoder, settings).to(device)
+            if args.compile:
+                net.compile_encoders()
             opt = torch.optim.AdamW(parameter_groups(net.student), **kind)
             schedule = StepSchedule(lr=1e-4, weight_decay=0.04, momentum=0.9996, teacher_temp=0.04,
                                     freeze_last_layer=False)
 
             def step():
-                train_step(net, net.student, opt, views[0], views[1], settings, schedule, scaler)
+                train_step(net, net.student, opt, views[0], views[1], settings, schedule, dtype, scaler)
         else:
             # no heads at all: their weights would otherwise count in this workload's memory
             student, teacher = encoder, copy.deepcopy(encoder).requires_grad_(False)
             student.return_skips, teacher.return_skips = True, False  # as in DeSDNetwork
             opt = torch.optim.AdamW(parameter_groups(student), **kind)
+            run_student, run_teacher = student, teacher
+            if args.compile:
+                run_student, run_teacher = torch.compile(student), torch.compile(teacher)
 
             def step():
                 x = torch.cat(views)
                 opt.zero_grad(set_to_none=True)
-                with torch.autocast(device.type, enabled=use_amp):
+                with torch.autocast(**autocast):
                     with torch.no_grad():  # first, as train_step does: its activations are gone before the student's
-                        teacher(x)
-                    loss = student(x)[-1].float().mean()
+                        run_teacher(x)
+                    loss = run_student(x)[-1].float().mean()
                 if scaler is not None:
                     scaler.scale(loss).backward()
+                    scaler.unscale_(opt)  # as train_step, which clips the unscaled gradients
                     scaler.step(opt)
                     scaler.update()
                 else:
@@ -142,6 +167,7 @@ def make_step(args, workload: str):
         from nnunetv2.training.loss.dice import MemoryEfficientSoftDiceLoss
 
         unet = build_unet(cfg, True).to(device)
+        run_unet = torch.compile(unet) if args.compile else unet
         n_out = len(cfg["features"]) - 1
         weights = [1 / 2 ** i for i in range(n_out)]
         weights[-1] = 0
@@ -153,12 +179,11 @@ def make_step(args, workload: str):
             shapes = [o.shape[2:] for o in unet(views[0])]
         targets = [torch.randint(0, 2, (b, 1, *s), device=device).float() for s in shapes]
         opt = torch.optim.SGD(unet.parameters(), 1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
-        scaler = torch.amp.GradScaler("cuda") if use_amp else None
 
         def step():
             opt.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, enabled=use_amp):
-                loss = loss_fn(unet(views[0]), targets)
+            with torch.autocast(**autocast):
+                loss = loss_fn(run_unet(views[0]), targets)
             if scaler is not None:
                 scaler.scale(loss).backward()
                 scaler.unscale_(opt)
@@ -235,7 +260,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    p.add_argument("--no-amp", action="store_true", help="fp32 on CUDA (AMP is used on CUDA by default)")
+    p.add_argument("--amp", choices=["auto", "off", "fp16", "bf16"], default="auto",
+                   help="auto: float16 autocast and a GradScaler on CUDA, float32 on the CPU (as the trainer); "
+                        "fp16 (with a GradScaler) or bf16 (without) on any device; off: float32")
+    p.add_argument("--compile", action="store_true", help="torch.compile the encoders (and the fine-tuning U-Net)")
     p.add_argument("--rounds", type=int, default=1, help="repeat the whole measurement this many times")
     p.add_argument("--workloads", default="bare,desd,finetune", help="comma-separated subset to run")
     p.add_argument("--optimizer", choices=["fused", "foreach", "for-loop"], default="fused",
@@ -243,10 +271,10 @@ def main() -> None:
     p.add_argument("--out-dim", type=int, help="K instead of the configuration's")
     p.add_argument("--hidden-dim", type=int, help="head MLP width instead of the default 2048")
     p.add_argument("--shared-last-layer", action="store_true", help="opt-in: one last layer for all heads")
-    p.add_argument("--no-in-backward", action="store_true",
-                   help="take the heads' AdamW step after the backward pass (dense gradients)")
     p.add_argument("--keep-freed-memory", action="store_true",
                    help="run the workloads with glibc keeping freed memory (no page faults of reused memory)")
+    p.add_argument("--no-memory", action="store_true",
+                   help="time only: skip the peak-memory processes (with --compile, each would compile again)")
     p.add_argument("--workload", choices=["desd", "bare", "finetune"], help=argparse.SUPPRESS)
     p.add_argument("--timing", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -279,7 +307,8 @@ def main() -> None:
     for r in range(args.rounds):
         results = run(["--timing"])
         for w in workloads:
-            results[w].update(run(["--workload", w]))
+            not_measured = {"peak_mb": float("nan"), "peak_kind": "peak memory not measured"}
+            results[w].update(not_measured if args.no_memory else run(["--workload", w]))
             results[w]["median_s"] = med(results[w]["times"])
         for other in ("bare", "finetune"):
             if "desd" in workloads and other in workloads:  # step by step: both saw the same moment
@@ -290,9 +319,11 @@ def main() -> None:
                                                    f"{results[w]['faults']:.0f} faults/step" for w in workloads)
                   + "".join(f", {k} {v:.2f}x" for k, v in results.items() if "/" in k), flush=True)
     cfg = CONFIGS[args.config]
-    amp = args.device.startswith("cuda") and not args.no_amp
-    variant = [v for v, on in (("shared last layer", args.shared_last_layer),
-                               ("no in-backward update", args.no_in_backward),
+    import torch
+
+    dtype, scaler = precision(args, torch.device(args.device))
+    amp = f"{str(dtype).replace('torch.', '')}{' + GradScaler' if scaler else ''}" if dtype else "off"
+    variant = [v for v, on in (("shared last layer", args.shared_last_layer), ("compiled", args.compile),
                                ("glibc keeps freed memory", args.keep_freed_memory)) if on]
     print(f"config {args.config}: {len(cfg['features'])} stages {cfg['features'][0]}-{max(cfg['features'])} "
           f"features, views {cfg['view']}, K={args.out_dim or cfg['out_dim']}, "
@@ -312,8 +343,8 @@ def main() -> None:
         if "desd" in workloads and other in workloads:
             t = med(r[f"desd/{other}"] for r in rounds)
             m = med(r["desd"]["peak_mb"] / r[other]["peak_mb"] for r in rounds)
-            print(f"DeSD / {label + ':':<19} time {t:.2f}x (median of the step-by-step ratios), "
-                  f"peak memory {m:.2f}x")
+            print(f"DeSD / {label + ':':<19} time {t:.2f}x (median of the step-by-step ratios)"
+                  + ("" if args.no_memory else f", peak memory {m:.2f}x"))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,13 @@
 """Estimate, on the CPU, the GPU memory a DeSD step with mixed precision needs at a given batch.
 
-Measuring needs a GPU (``python bench/desd_step.py --device cuda``). Without one, this script
+Measuring needs a GPU (``python bench/desd_step.py --device cuda``, run by ``bench/gpu_check.sh``). Without one, this script
 counts instead of measures, for the question a GPU user asks first: does the paper's batch
 (64 samples, two 16 x 112 x 112 views each, K = 65536) fit in 24 GB?
 
 * **Fixed tensors**, counted exactly from the model: the student's float32 weights (encoder
   and heads), their AdamW state (``exp_avg`` and ``exp_avg_sq``), the teacher and the centre.
-* **Gradients**: with a ``GradScaler`` (mixed precision on CUDA) the step takes the dense path,
-  so every student parameter holds a float32 gradient by the end of the backward pass.
+* **Gradients**: every student parameter holds a float32 gradient by the end of the backward
+  pass (the step has one code path on every device).
 * **Saved activations**: the tensors autograd keeps for the backward pass, recorded with
   ``torch.autograd.graph.saved_tensors_hooks`` during one student forward under autocast to
   float16 (PyTorch's CPU autocast lowers the same operators as CUDA's: convolutions and linear
@@ -102,7 +102,7 @@ def main() -> None:
         ("student weights (float32)", student),
         ("AdamW state (exp_avg, exp_avg_sq)", 2 * student),
         ("teacher weights and centre", teacher),
-        ("gradients, dense path under a GradScaler", student),
+        ("gradients (float32, every student parameter)", student),
         (f"saved activations, batch {args.batch} ({2 * args.batch} views, {dtype or torch.float32})", activations),
     ]
     print(f"config {args.config}: {len(cfg['features'])} stages {cfg['features'][0]}-{max(cfg['features'])} "

@@ -1,7 +1,7 @@
-"""The optimised DeSD step against plain, obviously correct reference implementations.
+"""The DeSD step against plain, obviously correct reference implementations.
 
 The references are written as the maths reads: ``F.normalize`` on the last layer's weight,
-a Python loop over the heads, the loss as loops over heads and view pairs
+a Python loop over the heads, pooling by ``mean`` after the encoder, the loss as loops over heads and view pairs
 (``test_desd_math._reference_loss``), DINO's per-parameter gradient clipping as a loop and
 PyTorch's for-loop AdamW on dense gradients. Comparisons run in float64. Biases followed by
 batch or instance norm have a true gradient of 0, so AdamW turns their rounding noise into
@@ -15,11 +15,10 @@ import torch
 import torch.nn.functional as F
 
 from nnunet_ssl.desd import step as step_module
-from nnunet_ssl.desd.heads import HeadLinear, LowRankGrad, ProjectionHead, few_rows_times, normalized_linear
+from nnunet_ssl.desd.heads import ProjectionHead
 from nnunet_ssl.desd.model import DeSDNetwork, ema_update
 from nnunet_ssl.desd.settings import DeSDSettings
-from nnunet_ssl.desd.step import (InBackwardAdamW, StepSchedule, clip_per_parameter_, make_optimizer,
-                                  supports_in_backward_update, train_step)
+from nnunet_ssl.desd.step import StepSchedule, clip_per_parameter_, make_optimizer, train_step
 from test_desd_math import _reference_loss
 
 F64 = torch.float64
@@ -90,120 +89,24 @@ def _views():
 
 
 # ------------------------------------------------------------------------------------------ heads
-def test_normalized_linear_equals_normalise_then_linear_forward_and_gradients():
+def test_last_layer_equals_normalise_then_linear_forward_and_gradients():
+    """Outputs divided by the row norms against ``F.linear(z, F.normalize(V, dim=1))``, with a zero row
+    (its norm clamped, as F.normalize does)."""
     g = torch.Generator().manual_seed(0)
+    head = ProjectionHead(4, out_dim=32, hidden_dim=8, bottleneck_dim=8).to(F64)
+    with torch.no_grad():
+        head.last_layer.weight.copy_(torch.randn(32, 8, generator=g, dtype=F64))
+        head.last_layer.weight[3] = 0.0
+    v = head.last_layer.weight.detach().clone().requires_grad_(True)
     z = torch.randn(5, 8, generator=g, dtype=F64, requires_grad=True)
-    v = torch.randn(32, 8, generator=g, dtype=F64)
-    v[3] = 0.0  # a zero row: the norm is clamped, as in F.normalize
-    v.requires_grad_(True)
+    z2 = z.detach().clone().requires_grad_(True)
     upstream = torch.randn(5, 32, generator=g, dtype=F64)
-    z2, v2 = z.detach().clone().requires_grad_(True), v.detach().clone().requires_grad_(True)
-    got = normalized_linear(z, v)
-    want = F.linear(z2, F.normalize(v2, dim=1))
+    got, want = head.prototypes(z), F.linear(z2, F.normalize(v, dim=1))
     torch.testing.assert_close(got, want)
     (got * upstream).sum().backward()
     (want * upstream).sum().backward()
     torch.testing.assert_close(z.grad, z2.grad)
-    torch.testing.assert_close(v.grad, v2.grad)
-
-
-def test_factored_gradient_rows_and_norm():
-    g = torch.Generator().manual_seed(3)
-    z = torch.randn(4, 8, generator=g, dtype=F64)
-    v = torch.randn(40, 8, generator=g, dtype=F64, requires_grad=True)
-    upstream = torch.randn(4, 40, generator=g, dtype=F64)
-    seen = {}
-    out = normalized_linear(z, v, update=lambda w, grad: seen.update(grad=grad, dense=grad.dense()))
-    (out * upstream).sum().backward()
-    assert v.grad is None  # the update consumed the gradient
-    ref = v.detach().clone().requires_grad_(True)
-    (F.linear(z, F.normalize(ref, dim=1)) * upstream).sum().backward()
-    torch.testing.assert_close(seen["dense"], ref.grad)
-    torch.testing.assert_close(seen["grad"].rows(7, 19), ref.grad[7:19])
-    torch.testing.assert_close(seen["grad"].squared_norm(), ref.grad.square().sum())
-
-
-@pytest.mark.parametrize("n", [1, 4, 5])
-def test_factored_gradient_rows_of_wide_weights(n, monkeypatch):
-    """Rows 1024 wide with at most 4 factors are summed as outer products on the CPU, not by mm:
-    the same rows either way, with and without the weight-normalisation term."""
-    g = torch.Generator().manual_seed(5)
-    z = torch.randn(n, 1024, generator=g, dtype=F64)
-    v = torch.randn(12, 1024, generator=g, dtype=F64, requires_grad=True)
-    upstream = torch.randn(n, 12, generator=g, dtype=F64)
-    seen = {}
-    (normalized_linear(z, v, update=lambda w, grad: seen.update(grad=grad)) * upstream).sum().backward()
-    ref = v.detach().clone().requires_grad_(True)
-    (F.linear(z, F.normalize(ref, dim=1)) * upstream).sum().backward()
-    calls = []
-    mm = torch.mm
-    monkeypatch.setattr(torch, "mm", lambda *args, **kw: calls.append(1) or mm(*args, **kw))
-    buffer = torch.empty(5, 1024, dtype=F64)
-    torch.testing.assert_close(seen["grad"].rows(3, 8, out=buffer), ref.grad[3:8])
-    torch.testing.assert_close(buffer, ref.grad[3:8])
-    torch.testing.assert_close(seen["grad"].dense(), ref.grad)
-    plain = LowRankGrad(upstream, z)  # a linear layer's g^T z
-    torch.testing.assert_close(plain.rows(2, 9), (upstream.t() @ z)[2:9])
-    assert len(calls) == (0 if n <= 4 else 3)
-
-
-@pytest.mark.parametrize("threads", [1, 2, 3])
-def test_few_rows_times_equals_the_plain_product(threads, monkeypatch):
-    """Split into column blocks of at least 64, one per thread, or not at all: always the product."""
-    g = torch.Generator().manual_seed(3)
-    splits = []
-    bmm = torch.bmm
-    monkeypatch.setattr(torch, "bmm", lambda *args, **kw: splits.append(args[1].shape[0]) or bmm(*args, **kw))
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        # (rows, inner, width, blocks expected): 192 splits in 2 or 3, 200 in 2 (3 does not divide
-        # it), 100 and 7 are too narrow, 80 rows are too many
-        cases = [(4, 10, 192, min(threads, 3)), (1, 5, 200, 2 if threads >= 2 else 1), (4, 6, 100, 1),
-                 (4, 6, 7, 1), (80, 5, 192, 1)]
-        for n, k, d, blocks in cases:
-            a = torch.randn(n, k, generator=g, dtype=F64)
-            b = torch.randn(k, d, generator=g, dtype=F64)
-            splits.clear()
-            torch.testing.assert_close(few_rows_times(a, b), a @ b, rtol=0, atol=1e-12)
-            assert splits == ([blocks] if blocks > 1 else []), (n, k, d)
-            bt = torch.randn(d, k, generator=g, dtype=F64).t()  # columns not contiguous: never split
-            torch.testing.assert_close(few_rows_times(a, bt), a @ bt, rtol=0, atol=1e-12)
-    finally:
-        torch.set_num_threads(before)
-
-
-def test_head_linear_hands_over_the_low_rank_gradient_of_nn_linear():
-    g = torch.Generator().manual_seed(7)
-    layer = HeadLinear(6, 20).to(F64)
-    ref = torch.nn.Linear(6, 20).to(F64)
-    ref.load_state_dict(layer.state_dict())
-    x = torch.randn(4, 6, generator=g, dtype=F64)
-    upstream = torch.randn(4, 20, generator=g, dtype=F64)
-    seen = {}
-    layer.weight_update = lambda w, grad: seen.update(dense=grad.dense(), rows=grad.rows(3, 11),
-                                                       sq=grad.squared_norm())
-    (layer(x) * upstream).sum().backward()
-    (ref(x) * upstream).sum().backward()
-    assert layer.weight.grad is None
-    torch.testing.assert_close(seen["dense"], ref.weight.grad)
-    torch.testing.assert_close(seen["rows"], ref.weight.grad[3:11])
-    torch.testing.assert_close(seen["sq"], ref.weight.grad.square().sum())
-    torch.testing.assert_close(layer.bias.grad, ref.bias.grad)
-    layer.weight_update = None  # without an update it is nn.Linear, with few rows (W x^T) or many
-    for n in (4, 65):
-        x = torch.randn(n, 6, generator=g, dtype=F64)
-        upstream = torch.randn(n, 20, generator=g, dtype=F64)
-        layer.zero_grad()
-        ref.zero_grad()
-        out, want = layer(x), ref(x)
-        torch.testing.assert_close(out, want)
-        (out * upstream).sum().backward()
-        (want * upstream).sum().backward()
-        torch.testing.assert_close(layer.weight.grad, ref.weight.grad)
-        torch.testing.assert_close(layer.bias.grad, ref.bias.grad)
-        with torch.no_grad():
-            torch.testing.assert_close(layer(x), want.detach())
+    torch.testing.assert_close(head.last_layer.weight.grad, v.grad)
 
 
 def test_heads_equal_plain_head_loop_forward_and_gradients(tiny_unet):
@@ -280,54 +183,26 @@ def test_per_parameter_clipping_equals_dino_loop():
     assert ps[1].grad.norm() < 1.0 and ps[0].grad.norm() == pytest.approx(1.0, rel=1e-5)
 
 
-@pytest.mark.parametrize("normalised", [True, False])
-@pytest.mark.parametrize("clip", [0.0, 0.05, 100.0])
-def test_in_backward_adamw_equals_adamw_on_dense_gradient(clip, normalised, monkeypatch):
-    monkeypatch.setattr(step_module, "CPU_BLOCK_BYTES", 7 * 8 * 8)  # blocks of 7 rows, the last one ragged
-    g = torch.Generator().manual_seed(6)
-    v = torch.nn.Parameter(torch.randn(40, 8, generator=g, dtype=F64))
-    ref = torch.nn.Parameter(v.detach().clone())
-    opt = torch.optim.AdamW([v], lr=1e-2, weight_decay=0.04, fused=True)
-    ref_opt = torch.optim.AdamW([ref], lr=1e-2, weight_decay=0.04, foreach=False)
-    assert supports_in_backward_update(opt, [v])
-    layer = HeadLinear(8, 40, bias=False).to(F64)
-    layer.weight = v
-    for _ in range(3):
-        z = torch.randn(4, 8, generator=g, dtype=F64)
-        upstream = torch.randn(4, 40, generator=g, dtype=F64)
-        update = InBackwardAdamW(opt, clip)
-        if normalised:
-            out, want = normalized_linear(z, v, update), F.linear(z, F.normalize(ref, dim=1))
-        else:
-            layer.weight_update = update
-            out, want = layer(z), F.linear(z, ref)
-        (out * upstream).sum().backward()
-        ref_opt.zero_grad()
-        (want * upstream).sum().backward()
-        if clip > 0:
-            _reference_clip([ref], clip)
-        ref_opt.step()
-        assert v.grad is None
-        torch.testing.assert_close(v, ref)
-    for key in ("exp_avg", "exp_avg_sq", "step"):
-        torch.testing.assert_close(opt.state[v][key], ref_opt.state[ref][key])
-
-
-def test_in_backward_update_is_refused_where_it_cannot_stand_in():
-    p = torch.nn.Parameter(torch.zeros(4, 2))
-    assert supports_in_backward_update(torch.optim.AdamW([p], fused=True), [p])
-    assert supports_in_backward_update(torch.optim.AdamW([p]), [p])  # the fused kernel is called directly
-    assert not supports_in_backward_update(torch.optim.SGD([p], lr=0.1), [p])
-    assert not supports_in_backward_update(torch.optim.AdamW([p], amsgrad=True), [p])
-    assert not supports_in_backward_update(torch.optim.Adam([p], weight_decay=0.1), [p])  # L2, not decoupled
-    assert not supports_in_backward_update(torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))]), [p])
-
-
 def test_make_optimizer_is_fused_adamw_with_dino_groups():
     net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
     opt = make_optimizer(net)
     assert isinstance(opt, torch.optim.AdamW) and all(g["fused"] for g in opt.param_groups)
     assert [len(g["params"]) for g in opt.param_groups] == [1, 3]
+
+
+def test_make_optimizer_falls_back_to_foreach_where_fused_is_refused(monkeypatch):
+    class NoFusedAdamW(torch.optim.AdamW):  # as PyTorch before 2.4 for CPU parameters
+        def __init__(self, params, **kwargs):
+            if kwargs.get("fused"):
+                raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of "
+                                   "supported devices: ['cuda']")
+            super().__init__(params, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "AdamW", NoFusedAdamW)
+    opt = make_optimizer(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4)))
+    assert isinstance(opt, NoFusedAdamW)
+    assert all(g["foreach"] and not g["fused"] for g in opt.param_groups)
+    assert [g["regularized"] for g in opt.param_groups] == [True, False]
 
 
 @pytest.mark.parametrize("shared", [False, True])
@@ -346,7 +221,6 @@ def test_train_step_equals_plain_reference_step(tiny_unet, shared, freeze):
         out = train_step(net, net.student, opt, v1, v2, settings, schedule)
         want = _reference_step(ref, ref_opt, v1, v2, settings, schedule)
         torch.testing.assert_close(out["loss"], want.detach())
-        assert all(h.weight_update is None for h in net.student.heads)
     for (name, a), b in zip(net.state_dict().items(), ref.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=PARAM_ATOL, msg=name)
     for p, q in zip(net.student.parameters(), ref.student.parameters()):
@@ -357,26 +231,7 @@ def test_train_step_equals_plain_reference_step(tiny_unet, shared, freeze):
         assert net.student.heads[0].last_layer.weight not in opt.state
 
 
-def test_in_backward_and_dense_paths_agree(tiny_unet):
-    settings = _settings()
-    a = _network(tiny_unet)
-    b = copy.deepcopy(a)
-    opt_a, opt_b = make_optimizer(a.student), make_optimizer(b.student)
-    dense = settings.replace(head_update_in_backward=False)
-    for i in range(3):
-        schedule = StepSchedule(lr=1e-3, weight_decay=0.04, momentum=0.99, teacher_temp=0.04,
-                                freeze_last_layer=i == 0)
-        v1, v2 = _views()
-        train_step(a, a.student, opt_a, v1, v2, settings, schedule)
-        train_step(b, b.student, opt_b, v1, v2, dense, schedule)
-    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
-        torch.testing.assert_close(x, y, rtol=1e-6, atol=PARAM_ATOL, msg=name)
-    # the resumable optimiser state is the same whichever path wrote it
-    sa, sb = opt_a.state_dict(), opt_b.state_dict()
-    assert sa["param_groups"] == sb["param_groups"] and sa["state"].keys() == sb["state"].keys()
-
-
-def test_train_step_with_ddp_student_takes_the_dense_path(tiny_unet, tmp_path):
+def test_train_step_with_ddp_student_equals_the_unwrapped_step(tiny_unet, tmp_path):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel as DDP
 

@@ -28,6 +28,21 @@ class Student(nn.Module):
         self.encoder = encoder
         self.encoder.return_skips = True
         self.heads = nn.ModuleList(heads)
+        self._compiled_pool = None
+
+    def compile_encoder(self, **options) -> None:
+        """``torch.compile`` the encoder with the pooling of its stages, as one graph.
+
+        What is compiled is a function, not a wrapper module: the module tree and the
+        state-dict keys stay as they are. The pooling sits inside the graph, so the
+        compiled backward receives ``(N, C)`` gradients instead of full-size broadcast
+        ones (and :meth:`pooled_stages` needs no forward hooks, which the compiler would
+        guard on).
+        """
+        self._compiled_pool = torch.compile(self._pool_after_forward, **options)
+
+    def _pool_after_forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [global_average_pool(f) for f in self.encoder(x)]
 
     @property
     def shares_last_layer(self) -> bool:
@@ -42,8 +57,10 @@ class Student(nn.Module):
         gradient for a feature map arrives first and the pooling's broadcast gradient is
         added to it in place, instead of both being summed into a new full-size tensor.
         Encoders whose returned stages are not the outputs of ``encoder.stages`` are pooled
-        afterwards.
+        afterwards. A compiled encoder (:meth:`compile_encoder`) pools inside its graph.
         """
+        if self._compiled_pool is not None:
+            return self._checked(self._compiled_pool(x))
         seen: list[tuple[torch.Tensor, torch.Tensor]] = []
         handles = [s.register_forward_hook(lambda m, i, out: seen.append((out, global_average_pool(out))))
                    for s in getattr(self.encoder, "stages", [])]
@@ -52,11 +69,15 @@ class Student(nn.Module):
         finally:
             for handle in handles:
                 handle.remove()
-        if len(stages) != len(self.heads):
-            raise RuntimeError(f"encoder returned {len(stages)} stages for {len(self.heads)} heads")
+        self._checked(stages)
         if len(seen) == len(stages) and all(out is f for (out, _), f in zip(seen, stages)):
             return [pooled for _, pooled in seen]
         return [global_average_pool(f) for f in stages]
+
+    def _checked(self, stages: list[torch.Tensor]) -> list[torch.Tensor]:
+        if len(stages) != len(self.heads):
+            raise RuntimeError(f"encoder returned {len(stages)} stages for {len(self.heads)} heads")
+        return stages
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = self.pooled_stages(x)
@@ -74,11 +95,19 @@ class Teacher(nn.Module):
         self.encoder = encoder
         self.encoder.return_skips = False  # only the last stage is used
         self.head = head
+        self._compiled_pool = None
         for p in self.parameters():
             p.requires_grad_(False)
 
-    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+    def compile_encoder(self, **options) -> None:
+        """``torch.compile`` the encoder with the pooling (see :meth:`Student.compile_encoder`)."""
+        self._compiled_pool = torch.compile(self._pool, **options)
+
+    def _pool(self, x: torch.Tensor) -> torch.Tensor:
         return global_average_pool(self.encoder(x))
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        return (self._compiled_pool or self._pool)(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.pooled(x))
@@ -114,6 +143,12 @@ class DeSDNetwork(nn.Module):
         :class:`~nnunet_ssl.desd.settings.DeSDSettings` describe."""
         return cls(encoder, list(encoder.output_channels), settings.out_dim, settings.hidden_dim,
                    settings.bottleneck_dim, settings.use_bn_in_head, settings.shared_last_layer)
+
+    def compile_encoders(self, **options) -> None:
+        """``torch.compile`` the student's and the teacher's encoder (with their pooling);
+        the heads, loss and updates stay eager. State-dict keys are unchanged."""
+        self.student.compile_encoder(**options)
+        self.teacher.compile_encoder(**options)
 
     def teacher_pairs(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
         """Matching (teacher, student) parameter lists: teacher encoder and head vs. student

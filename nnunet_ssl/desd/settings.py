@@ -56,8 +56,6 @@ class DeSDSettings:
     use_bn_in_head: bool = True
     # one weight-normalised last layer for all student heads (opt-in, not the paper's set-up)
     shared_last_layer: bool = False
-    # AdamW step of the heads' weight matrices inside the backward pass (same maths as optimizer.step())
-    head_update_in_backward: bool = True
     # per-stage weights of the student heads' losses (None: all equal); normalised to sum to 1
     head_weights: Optional[tuple[float, ...]] = None
     # temperatures and centring

@@ -5,7 +5,9 @@ Contract with nnU-Net (what this trainer changes and what it keeps):
 * Kept: plans and preprocessed data, splits and folds, data-augmentation
   pipeline (``get_training_transforms``), device selection, DDP batch splitting,
   logging to ``training_log_*.txt``, output folder layout, ``--c`` resume,
-  ``-num_gpus``.
+  ``-num_gpus``, mixed precision (float16 autocast with ``self.grad_scaler`` on CUDA
+  only) and ``torch.compile`` where ``_do_i_compile`` says so (applied to the two
+  encoders, not to the heads).
 * Network: the U-Net the plans name is built with the stock
   ``build_network_architecture``; only its ``encoder`` is kept and wrapped in a
   :class:`~nnunet_ssl.desd.model.DeSDNetwork` (student with one head per stage,
@@ -125,6 +127,9 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
         if self.is_ddp:
             network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(network)
         self.network = network.to(self.device)
+        if self._do_i_compile():  # nnU-Net's rule (CUDA, nnUNet_compile); the encoders, not the heads
+            self.print_to_log_file("Using torch.compile for the student and teacher encoders...")
+            self.network.compile_encoders()
         self.student = DDP(self.network.student, device_ids=[self.local_rank]) if self.is_ddp \
             else self.network.student
         self.optimizer = make_optimizer(self.network.student)
@@ -160,9 +165,6 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
 
     def set_deep_supervision_enabled(self, enabled: bool):
         pass  # no decoder
-
-    def _do_i_compile(self):
-        return False  # the student/teacher pair is not compiled; documented in the settings reference
 
     def plot_network_architecture(self):
         pass
@@ -214,6 +216,10 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
                                f"teacher momentum {self._epoch_stats['momentum']:.6f}, "
                                f"teacher temperature {self._epoch_stats['teacher_temp']:.4f}")
 
+    def _autocast_dtype(self):
+        """As nnU-Net: float16 autocast (with its GradScaler) on CUDA only, full precision elsewhere."""
+        return torch.float16 if self.device.type == "cuda" else None
+
     def _views(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         return (batch["data"].to(self.device, non_blocking=True),
                 batch["data2"].to(self.device, non_blocking=True))
@@ -226,7 +232,7 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
             teacher_temp=float(self.teacher_temp_schedule[self.current_epoch]),
             freeze_last_layer=self.current_epoch < self.ssl_settings.freeze_last_layer_epochs)
         out = train_step(self.network, self.student, self.optimizer, *self._views(batch), self.ssl_settings,
-                         schedule, self.grad_scaler)
+                         schedule, self._autocast_dtype(), self.grad_scaler)
         self._step_in_epoch += 1
         return {"loss": out["loss"].cpu().numpy(), "teacher_entropy": np.float64(out["teacher_entropy"]),
                 "kl_teacher_student": np.float64(out["kl_teacher_student"])}
@@ -252,7 +258,7 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
     def validation_step(self, batch: dict) -> dict:
         s = self.ssl_settings
         student_logits, teacher_logits = forward_views(self.network, self.network.student, *self._views(batch),
-                                                       self.grad_scaler is not None)
+                                                       self._autocast_dtype())
         loss = desd_loss(student_logits, teacher_logits, self.network.center, s.student_temp,
                          float(self.teacher_temp_schedule[self.current_epoch]), s.head_weights)
         return {"loss": loss.detach().cpu().numpy()}
