@@ -179,3 +179,12 @@ def test_pretraining_and_stock_finetuning_from_its_checkpoint(planned):
     assert "Loading pretrained weights from file" in proc.stdout
     tuned = root / "results" / "Dataset501_Tiny" / "nnUNetTrainerBudget__nnUNetPlansMAE__3d_fullres" / "fold_all"
     assert (tuned / "checkpoint_final.pth").is_file()
+
+
+def test_loss_of_half_precision_predictions_is_computed_in_float32():
+    # under CUDA autocast the network predicts in float16, whose sum over a patch overflows (max 65504)
+    prediction = torch.zeros(1, 1, 64, 64, 64, dtype=torch.float16)
+    target = torch.full((1, 1, 64, 64, 64), 2.0)
+    mask = torch.ones(1, 1, 64, 64, 64, dtype=torch.bool)
+    loss = masked_reconstruction_loss(prediction, target, mask)
+    assert loss.dtype == torch.float32 and loss.item() == pytest.approx(4.0)

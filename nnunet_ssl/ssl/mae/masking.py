@@ -95,6 +95,8 @@ def masked_reconstruction_loss(prediction: torch.Tensor, target: torch.Tensor, m
         >>> masked_reconstruction_loss(p, t, torch.tensor([True, False]).view(1, 1, 2)).item()
         1.0
     """
+    # float32 whatever autocast predicts in: a float16 sum over a patch overflows
+    prediction, target = prediction.float(), target.float()
     if norm_pix_loss:
         if block is None:
             raise ValueError("norm_pix_loss needs the block size")
@@ -102,5 +104,5 @@ def masked_reconstruction_loss(prediction: torch.Tensor, target: torch.Tensor, m
     mask = mask.expand_as(prediction)
     n = mask.sum()
     # where, not a product: whatever the prediction holds outside the mask (even inf) cannot reach the loss
-    squared = torch.where(mask, (prediction - target.to(prediction.dtype)) ** 2, prediction.new_zeros(()))
+    squared = torch.where(mask, (prediction - target) ** 2, prediction.new_zeros(()))
     return squared.sum() / n.clamp(min=1)
