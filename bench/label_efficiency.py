@@ -27,20 +27,24 @@ from nnunet_ssl.errors import UserError  # noqa: E402
 from nnunet_ssl.label_efficiency import BenchmarkConfig  # noqa: E402
 
 
-def ssl_settings(value: str | None) -> dict:
-    """The demo's SSL settings with the names of ``value`` (a JSON object, or a JSON file) replaced."""
-    settings = dict(DemoConfig().ssl)
-    if value is None:
-        return settings
+def json_object(value: str, flag: str) -> dict:
+    """``value`` (a JSON object, or the name of a JSON file holding one) as a dict."""
     path = Path(value)
     text = path.read_text(encoding="utf-8") if not value.lstrip().startswith("{") and path.is_file() else value
     try:
         given = json.loads(text)
     except json.JSONDecodeError as e:
-        raise UserError(f"--ssl must be a JSON object or a JSON file: {e}") from None
+        raise UserError(f"{flag} must be a JSON object or a JSON file: {e}") from None
     if not isinstance(given, dict):
-        raise UserError(f"--ssl must be a JSON object of SSL settings, got {type(given).__name__}")
-    settings.update(given)
+        raise UserError(f"{flag} must be a JSON object of settings, got {type(given).__name__}")
+    return given
+
+
+def ssl_settings(value: str | None) -> dict:
+    """The demo's SSL settings with the names of ``value`` (a JSON object, or a JSON file) replaced."""
+    settings = dict(DemoConfig().ssl)
+    if value is not None:
+        settings.update(json_object(value, "--ssl"))
     return settings
 
 
@@ -65,7 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ssl", default=None, metavar="JSON",
                    help="SSL settings (JSON object or file) replacing those names of the demo's settings "
                         f"(default: the demo's, {json.dumps(DemoConfig().ssl)})")
-    p.add_argument("--ssl-trainer", default=d.ssl_trainer, help="SSL trainer class for nnUNetv2_train -tr")
+    p.add_argument("--ssl-trainer", default=d.ssl_trainer,
+                   help="SSL trainer class for nnUNetv2_train -tr (nnUNetTrainerMAE: masked image modelling, "
+                        "fine-tuned from its checkpoint_final.pth without nnunet-ssl-transfer)")
+    p.add_argument("--mae", default=None, metavar="JSON",
+                   help="settings of nnUNetTrainerMAE (JSON object or file), written as the ssl_mae block of the "
+                        "SSL plans; names left out take its defaults and the run length of --ssl")
     p.add_argument("--n-labelled", type=int, default=d.n_pool, help="labelled cases the subsets are drawn from")
     p.add_argument("--n-val", type=int, default=d.n_val, help="fixed validation cases of every fold")
     p.add_argument("--n-unlabelled", type=int, default=d.n_unlabelled, help="extra unlabelled SSL cases")
@@ -96,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
             lesion_drop_hu=args.lesion_drop_hu, base_features=args.base_features, epochs=args.epochs,
             iterations=args.iterations, val_iterations=args.val_iterations,
             final_validation=args.final_validation, ssl=ssl_settings(args.ssl),
-            ssl_trainer=args.ssl_trainer, data_seed=args.data_seed, device=device)
+            ssl_trainer=args.ssl_trainer, mae=None if args.mae is None else json_object(args.mae, "--mae"),
+            data_seed=args.data_seed, device=device)
         from nnunet_ssl.label_efficiency import run_benchmark
 
         run_benchmark(args.output, config, force=args.force)

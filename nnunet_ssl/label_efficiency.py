@@ -17,8 +17,11 @@ Steps, each a real command with nnU-Net's folders inside the output folder:
    ``(n, seed)``: train = the subset, val = a fixed validation set) and the
    fine-tuning budget as the ``3d_fullres_budget`` configuration of the target plans
    (read by ``trainers/nnUNetTrainerBudget.py``);
-4. pretraining once: ``nnUNetv2_train SSL 3d_fullres all -tr nnUNetTrainerDeSD``;
-5. ``nnunet-ssl-transfer``;
+4. pretraining once: ``nnUNetv2_train SSL 3d_fullres all -tr nnUNetTrainerDeSD`` (or another
+   ``ssl_trainer``; ``nnUNetTrainerMAE`` reads the ``ssl_mae`` block the benchmark writes
+   into the SSL plans);
+5. ``nnunet-ssl-transfer`` (skipped for trainers of :data:`WHOLE_NETWORK_TRAINERS`, whose
+   ``checkpoint_final.pth`` is a complete nnU-Net network state and is loaded as it is);
 6. per arm: ``nnUNetv2_train TARGET 3d_fullres_budget FOLD -tr nnUNetTrainerBudget``
    (``-pretrained_weights`` for ``ssl`` arms), ``nnUNetv2_predict_from_modelfolder``,
    ``nnunet-ssl evaluate``; its result goes into ``results.json`` at once.
@@ -51,6 +54,10 @@ RESULTS_FILE, PLOT_FILE = "results.json", "label_efficiency.png"
 ENTRIES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "arms", "logs", "pretrained_encoder.pth",
            RESULTS_FILE, PLOT_FILE)
 ARM_TYPES = ("scratch", "ssl")
+# SSL trainers whose checkpoint holds the whole U-Net of the plans (nnU-Net's -pretrained_weights loads it)
+WHOLE_NETWORK_TRAINERS = ("nnUNetTrainerMAE",)
+# names of the ``ssl`` settings that set the run length; a MAE run takes them unless ``mae`` sets them
+RUN_LENGTH = ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch")
 # settings a rerun may change: they only add or drop arms, each of which stands on its own
 EXTENDABLE = ("counts", "scratch_counts", "seeds", "device")
 
@@ -77,6 +84,8 @@ class BenchmarkConfig:
     final_validation: bool = False
     ssl: dict = field(default_factory=lambda: dict(DemoConfig().ssl))
     ssl_trainer: str = "nnUNetTrainerDeSD"
+    # the ``ssl_mae`` block of nnUNetTrainerMAE (None: its defaults, with the run length of ``ssl``)
+    mae: Optional[dict] = None
     data_seed: int = 0
     device: str = "cpu"
 
@@ -96,6 +105,21 @@ class BenchmarkConfig:
         for name in ("n_val", "n_test", "epochs", "iterations", "val_iterations"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.mae is not None and self.ssl_trainer not in WHOLE_NETWORK_TRAINERS:
+            raise UserError(f"MAE settings apply to --ssl-trainer {' or '.join(WHOLE_NETWORK_TRAINERS)}, "
+                            f"not {self.ssl_trainer}")
+        if self.ssl_trainer in WHOLE_NETWORK_TRAINERS:
+            from nnunet_ssl.ssl.mae.settings import MAESettings
+
+            try:
+                MAESettings.from_dict(mae_block(self))
+            except ValueError as e:
+                raise UserError(str(e)) from None
+
+    @property
+    def whole_network(self) -> bool:
+        """Whether the SSL checkpoint is fine-tuned from directly (no ``nnunet-ssl-transfer``)."""
+        return self.ssl_trainer in WHOLE_NETWORK_TRAINERS
 
     @classmethod
     def from_dict(cls, values: Mapping) -> "BenchmarkConfig":
@@ -119,6 +143,27 @@ class Arm:
     @property
     def key(self) -> str:
         return arm_key(self.kind, self.n, self.seed)
+
+
+def mae_block(config: "BenchmarkConfig") -> dict:
+    """The ``ssl_mae`` block of the SSL plans: the run length of ``config.ssl``, then ``config.mae``.
+
+    Example:
+        >>> mae_block(BenchmarkConfig(ssl={"num_epochs": 3}, ssl_trainer="nnUNetTrainerMAE", mae={"mask_ratio": 0.5}))
+        {'num_epochs': 3, 'mask_ratio': 0.5}
+    """
+    block = {k: config.ssl[k] for k in RUN_LENGTH if k in config.ssl}
+    block.update(config.mae or {})
+    return block
+
+
+def write_mae_block(plans_file: Path, config: "BenchmarkConfig") -> None:
+    """Set the ``ssl_mae`` block of ``3d_fullres`` in the SSL plans (nnU-Net ignores the key)."""
+    from nnunet_ssl.ssl.mae.settings import BLOCK_KEY
+
+    plans = json.loads(plans_file.read_text(encoding="utf-8"))
+    plans["configurations"]["3d_fullres"][BLOCK_KEY] = mae_block(config)
+    write_json_atomic(plans_file, plans)
 
 
 def arm_key(kind: str, n: int, seed: int) -> str:
@@ -444,9 +489,11 @@ def run_benchmark(output: str | os.PathLike, config: BenchmarkConfig = Benchmark
 
     ssl_folder = (output / "nnUNet_results" / f"Dataset{SSL_ID}_{SSL_NAME}" /
                   f"{c.ssl_trainer}__nnUNetPlans__3d_fullres" / "fold_all")
-    weights = output / "pretrained_encoder.pth"
+    weights = ssl_folder / "checkpoint_final.pth" if c.whole_network else output / "pretrained_encoder.pth"
 
     def pretrain():
+        if c.whole_network:
+            write_mae_block(preprocessed / f"Dataset{SSL_ID}_{SSL_NAME}" / "nnUNetPlans.json", c)
         # --c: an interrupted pretraining continues from its latest checkpoint (nnU-Net starts anew without one)
         run.command([_bin("nnUNetv2_train"), str(SSL_ID), "3d_fullres", "all", "-tr", c.ssl_trainer,
                      "-device", c.device, "--c"], "pretrain", progress_marker="train_loss")
@@ -472,7 +519,8 @@ def run_benchmark(output: str | os.PathLike, config: BenchmarkConfig = Benchmark
     needs_ssl = any(a.kind == "ssl" and a.key not in results["arms"] for a in arms)
     if needs_ssl or "pretrain" in stages:
         stage("pretrain", f"SSL pretraining: nnUNetv2_train {SSL_ID} 3d_fullres all -tr {c.ssl_trainer}", pretrain)
-        stage("transfer", "transferring the teacher encoder (nnunet-ssl-transfer)", transfer)
+        if not c.whole_network:
+            stage("transfer", "transferring the teacher encoder (nnunet-ssl-transfer)", transfer)
 
     todo = [a for a in arms if a.key not in results["arms"]]
     echo(f"{len(arms)} arms: {len(arms) - len(todo)} recorded, {len(todo)} to run "

@@ -309,3 +309,56 @@ def test_tiny_benchmark_killed_and_continued(tmp_path):
     assert (out / "label_efficiency.png").is_file() and "paired ssl - scratch" in rerun.stdout
     log = next((out / "arms" / "ssl-1_seed0" / "nnUNet_results").rglob("training_log_*.txt")).read_text()
     assert "nnUNetTrainerBudget: 1 epochs x 2 iterations" in log and "final validation skipped" in log
+
+
+# ---------------------------------------------------------------- masked image modelling as the SSL method
+def test_mae_settings_are_checked_and_take_the_ssl_run_length():
+    config = BenchmarkConfig(ssl={"num_epochs": 3, "num_iterations_per_epoch": 5, "batch_size": 2},
+                             ssl_trainer="nnUNetTrainerMAE", mae={"mask_ratio": 0.5, "num_epochs": 4})
+    assert config.whole_network and not BenchmarkConfig().whole_network
+    assert le.mae_block(config) == {"num_epochs": 4, "num_iterations_per_epoch": 5, "mask_ratio": 0.5}
+    with pytest.raises(UserError, match="'mask_ratoi'"):
+        BenchmarkConfig(ssl_trainer="nnUNetTrainerMAE", mae={"mask_ratoi": 0.5})
+    with pytest.raises(UserError, match="'block_size'"):
+        BenchmarkConfig(ssl_trainer="nnUNetTrainerMAE", mae={"block_size": "8"})
+    with pytest.raises(UserError, match="apply to --ssl-trainer nnUNetTrainerMAE"):
+        BenchmarkConfig(mae={"mask_ratio": 0.5})
+
+
+def test_mae_run_pretrains_without_transfer_and_finetunes_from_its_checkpoint(tmp_path, monkeypatch):
+    config = BenchmarkConfig(counts=(1,), scratch_counts=(), seeds=(0,), n_pool=2, ssl={"num_epochs": 2},
+                             ssl_trainer="nnUNetTrainerMAE", mae={"mask_ratio": 0.5})
+    out = tmp_path / "run"
+    results = open_results(out, config, force=False)
+    _fake_finished_stages(out, config)
+    ssl_plans = out / "nnUNet_preprocessed" / f"Dataset{le.SSL_ID}_{le.SSL_NAME}" / "nnUNetPlans.json"
+    ssl_plans.parent.mkdir(parents=True)
+    ssl_plans.write_text(json.dumps({"configurations": {"3d_fullres": {"ssl": {"num_epochs": 2}}}}))
+    results["stages"] = {k: {"elapsed_s": 1.0} for k in ("data", "plan")}
+    le.write_json_atomic(out / "results.json", results)
+    commands, weights = [], []
+    monkeypatch.setattr(le.Runner, "command", lambda self, args, name, **k: commands.append((name, args)))
+
+    def fake_arm(arm, output, env, echo, c, plans, w, target_raw):
+        weights.append((arm.kind, w))
+        return {"kind": arm.kind, "n": arm.n, "seed": arm.seed, "train_cases": list(arm.train), "dice_mean": 0.5,
+                "dice_median": 0.5, "dice_per_case": {}, "finished": "now"}
+
+    monkeypatch.setattr(le, "_run_arm", fake_arm)
+    le.run_benchmark(out, config, echo=lambda line: None)
+    assert [name for name, _ in commands] == ["pretrain"]  # no nnunet-ssl-transfer
+    assert commands[0][1][commands[0][1].index("-tr") + 1] == "nnUNetTrainerMAE"
+    block = json.loads(ssl_plans.read_text())["configurations"]["3d_fullres"]["ssl_mae"]
+    assert block == {"num_epochs": 2, "mask_ratio": 0.5}
+    checkpoint = (out / "nnUNet_results" / f"Dataset{le.SSL_ID}_{le.SSL_NAME}" /
+                  "nnUNetTrainerMAE__nnUNetPlans__3d_fullres" / "fold_all" / "checkpoint_final.pth")
+    assert ("ssl", checkpoint) in weights
+    assert "transfer" not in json.loads((out / "results.json").read_text())["stages"]
+
+
+def test_script_mae_option(tmp_path):
+    proc = subprocess.run([sys.executable, str(BENCH), "-o", str(tmp_path / "x"), "--ssl-trainer",
+                           "nnUNetTrainerMAE", "--mae", '{"mask_ratoi": 0.5}'], capture_output=True, text=True)
+    assert proc.returncode == 2 and "label_efficiency: error: unknown ssl_mae setting(s) ['mask_ratoi']" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert _bench_module().json_object('{"block_size": 8}', "--mae") == {"block_size": 8}

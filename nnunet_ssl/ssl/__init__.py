@@ -1,0 +1,1 @@
+"""Self-supervised methods besides DeSD (:mod:`nnunet_ssl.desd`), one sub-package each."""
