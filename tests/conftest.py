@@ -41,6 +41,16 @@ def nnunet_environment(root: Path) -> dict:
     return env
 
 
+@pytest.fixture
+def raw(tmp_path, monkeypatch):
+    """An empty ``nnUNet_raw`` under ``tmp_path``, the other nnU-Net folders unset."""
+    raw = tmp_path / "raw"
+    monkeypatch.setenv("nnUNet_raw", str(raw))
+    monkeypatch.delenv("nnUNet_preprocessed", raising=False)
+    monkeypatch.delenv("nnUNet_results", raising=False)
+    return raw
+
+
 @pytest.fixture(scope="session")
 def planned(tmp_path_factory):
     """A phantom dataset (id 501, lesion labels) planned with a tiny network; returns its environment."""

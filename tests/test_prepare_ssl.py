@@ -24,15 +24,6 @@ def array(path):
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
 
-@pytest.fixture
-def raw(tmp_path, monkeypatch):
-    raw = tmp_path / "raw"
-    monkeypatch.setenv("nnUNet_raw", str(raw))
-    monkeypatch.delenv("nnUNet_preprocessed", raising=False)
-    monkeypatch.delenv("nnUNet_results", raising=False)
-    return raw
-
-
 def test_mixed_formats_spacings_and_orientations(tmp_path, raw):
     """NIfTI, NRRD and a DICOM series in three orientations come out LPS with their brain masks as labels."""
     a, b = tmp_path / "in" / "centreA", tmp_path / "in" / "centreB"

@@ -53,15 +53,6 @@ def truncate(path: Path, fraction: float) -> None:
     path.write_bytes(data[: int(len(data) * fraction)])
 
 
-@pytest.fixture
-def raw(tmp_path, monkeypatch):
-    raw = tmp_path / "raw"
-    monkeypatch.setenv("nnUNet_raw", str(raw))
-    monkeypatch.delenv("nnUNet_preprocessed", raising=False)
-    monkeypatch.delenv("nnUNet_results", raising=False)
-    return raw
-
-
 # 1. an interrupted --overwrite run, resumed
 
 def test_interrupted_overwrite_resumes_with_the_new_settings(tmp_path, monkeypatch):
