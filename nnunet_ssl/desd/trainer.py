@@ -24,7 +24,8 @@ Contract with nnU-Net (what this trainer changes and what it keeps):
   (slab sampling, optional symmetry augmentation) and augmented separately.
 * "Best" checkpoints: ``checkpoint_best.pth`` has the lowest validation SSL loss
   (not pseudo Dice); ``checkpoint_best_rankme.pth`` the highest RankMe after the
-  monitoring warm-up.
+  monitoring warm-up; ``checkpoint_best_probe.pth`` the highest linear-probe score when
+  ``ssl.probe_data`` names labelled cases.
 * Logging: train/validation SSL loss, teacher entropy, teacher-student KL, RankMe,
   learning rate, weight decay, teacher momentum and temperature per epoch, plotted
   in ``progress.png``; a collapse guard warns (or stops the run).
