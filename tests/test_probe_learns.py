@@ -7,6 +7,9 @@ on held-out cases by a clear margin over the same probe on the same encoder befo
 import copy
 import json
 import os
+import random
+
+import numpy as np
 
 import pytest
 import torch
@@ -27,7 +30,7 @@ def _mae(plans, dataset_json, fold):
     from nnunet_ssl.ssl.mae.trainer import nnUNetTrainerMAE
 
     plans["configurations"]["3d_fullres"]["ssl_mae"] = {
-        "num_epochs": 6, "num_iterations_per_epoch": 25, "num_val_iterations_per_epoch": 1}
+        "num_epochs": 12, "num_iterations_per_epoch": 25, "num_val_iterations_per_epoch": 1}
     trainer = nnUNetTrainerMAE(plans, "3d_fullres", fold, dataset_json, device=torch.device("cpu"))
     return trainer, lambda t: t.network.encoder
 
@@ -55,6 +58,9 @@ METHODS = [
 @pytest.mark.parametrize("method", METHODS)
 def test_pretraining_improves_the_linear_probe(method, nnunet_env):
     plans, dataset_json = _plans(nnunet_env["root"])
+    # the network's initialisation, the data loader's crops and augmentation, the masks: all seeded
+    random.seed(0)
+    np.random.seed(0)
     torch.manual_seed(0)
     trainer, encoder_of = method(plans, dataset_json, fold=5)
     trainer.initialize()
