@@ -72,7 +72,8 @@ def _pool_channels(x: torch.Tensor, n: Optional[int]) -> torch.Tensor:
 
 
 def voxel_features(encoder: torch.nn.Module, image: np.ndarray, voxels: np.ndarray,
-                   channels_per_stage: Optional[int] = None, device: str | torch.device = "cpu") -> np.ndarray:
+                   channels_per_stage: Optional[int] = None, device: str | torch.device = "cpu",
+                   stages: Optional[Sequence[int]] = None) -> np.ndarray:
     """Features of the given voxels: every stage's output, upsampled to the input grid, concatenated.
 
     The encoder runs once on the whole image, in eval mode and without gradients; its
@@ -88,6 +89,8 @@ def voxel_features(encoder: torch.nn.Module, image: np.ndarray, voxels: np.ndarr
         channels_per_stage: Average each stage's channels into at most this many groups
             (``None``: keep all).
         device: Where the encoder runs (it is moved there).
+        stages: Indices of the stage outputs to use, in the encoder's order (negative
+            counts from the deepest: ``[-1]`` is the bottleneck); ``None``: all.
 
     Returns:
         ``(N, F)`` float32, ``F`` the sum of the (pooled) stage channel counts.
@@ -109,7 +112,16 @@ def voxel_features(encoder: torch.nn.Module, image: np.ndarray, voxels: np.ndarr
             x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None].to(device)
             grid = tuple(image.shape[1:])
             idx = tuple(torch.from_numpy(voxels[:, i]).to(device) for i in range(3))
-            for stage in _stage_outputs(encoder, x):
+            outputs = _stage_outputs(encoder, x)
+            if stages is not None:
+                try:
+                    outputs = [outputs[i] for i in stages]
+                except IndexError:
+                    raise UserError(f"stages {list(stages)} asked of an encoder with {len(outputs)} stage "
+                                    "outputs") from None
+                if not outputs:
+                    raise UserError("stages is empty: name at least one stage output (e.g. [-1])")
+            for stage in outputs:
                 stage = _pool_channels(stage.float(), channels_per_stage)
                 if tuple(stage.shape[2:]) != grid:
                     stage = F.interpolate(stage, size=grid, mode="trilinear", align_corners=False)
@@ -156,19 +168,20 @@ def sample_voxels(case: ProbeCase, voxels_per_class: int, seed: int | Sequence[i
 
 
 def _dataset(encoder, cases: Sequence[ProbeCase], voxels_per_class: int, seed: int, stream: int,
-             channels_per_stage: Optional[int], device) -> tuple[np.ndarray, np.ndarray]:
+             channels_per_stage: Optional[int], device, stages=None) -> tuple[np.ndarray, np.ndarray]:
     xs, ys = [], []
     for i, case in enumerate(cases):
         # one stream per (seed, train/test, position): a case's sample does not depend on the others
         voxels, labels = sample_voxels(case, voxels_per_class, seed=(seed, stream, i))
-        xs.append(voxel_features(encoder, case.image, voxels, channels_per_stage, device))
+        xs.append(voxel_features(encoder, case.image, voxels, channels_per_stage, device, stages))
         ys.append(labels)
     return np.concatenate(xs), np.concatenate(ys)
 
 
 def linear_probe_auc(encoder: torch.nn.Module, train_cases: Sequence[ProbeCase], test_cases: Sequence[ProbeCase],
                      voxels_per_class: int = 500, seed: int = 0, channels_per_stage: Optional[int] = None,
-                     C: float = 1.0, device: str | torch.device = "cpu") -> float:
+                     C: float = 1.0, device: str | torch.device = "cpu",
+                     stages: Optional[Sequence[int]] = None) -> float:
     """ROC AUC of a logistic regression on frozen encoder features, fitted on ``train_cases``.
 
     Args:
@@ -180,6 +193,7 @@ def linear_probe_auc(encoder: torch.nn.Module, train_cases: Sequence[ProbeCase],
         channels_per_stage: See :func:`voxel_features`.
         C: Inverse L2 regularisation strength of ``LogisticRegression``.
         device: Where the encoder runs.
+        stages: See :func:`voxel_features`.
 
     Returns:
         ``sklearn.metrics.roc_auc_score`` of the probe's lesion probability on the test voxels.
@@ -199,8 +213,8 @@ def linear_probe_auc(encoder: torch.nn.Module, train_cases: Sequence[ProbeCase],
     seen = {c.identifier for c in train_cases} & {c.identifier for c in test_cases}
     if seen:
         raise UserError(f"cases {sorted(seen)} are both training and held-out cases of the probe")
-    x_train, y_train = _dataset(encoder, train_cases, voxels_per_class, seed, 0, channels_per_stage, device)
-    x_test, y_test = _dataset(encoder, test_cases, voxels_per_class, seed, 1, channels_per_stage, device)
+    x_train, y_train = _dataset(encoder, train_cases, voxels_per_class, seed, 0, channels_per_stage, device, stages)
+    x_test, y_test = _dataset(encoder, test_cases, voxels_per_class, seed, 1, channels_per_stage, device, stages)
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000))
     probe.fit(x_train, y_train)
     return float(roc_auc_score(y_test, probe.predict_proba(x_test)[:, 1]))
@@ -266,6 +280,58 @@ def load_preprocessed_cases(folder: str | os.PathLike, identifiers: Optional[Seq
         lesion = np.asarray(seg[0]) > 0
         brain = np.asarray(brains.load_case(identifier)[1][0]) > 0 if brains is not None else window_brain_mask(image)
         cases.append(ProbeCase(identifier, image, lesion, brain))
+    return cases
+
+
+def phantom_probe_cases(plans_file: str | os.PathLike, n_cases: int, shape: Sequence[int],
+                        lesion_drop_hu: float, seed: int = 0, configuration: str = "3d_fullres",
+                        dataset_json_file: Optional[str | os.PathLike] = None) -> list[ProbeCase]:
+    """Lesion phantoms (:func:`nnunet_ssl.phantom.make_stroke_phantom`) preprocessed as the plans say.
+
+    Each phantom goes through nnU-Net's own ``DefaultPreprocessor.run_case_npy`` with the
+    plans' configuration (cropping, CT normalisation with the dataset's intensity
+    statistics, resampling), so a case is what an encoder trained on those plans sees.
+    Lesions alternate between the left and right hemisphere; case ``i`` is the phantom
+    of seed ``seed * 10007 + i``, so two calls with different seeds share no case.
+
+    Args:
+        plans_file: ``nnUNetPlans.json`` of a preprocessed dataset.
+        n_cases: Number of cases (all with a lesion).
+        shape: Phantom array shape ``(z, y, x)`` at 1 mm.
+        lesion_drop_hu: Lesion contrast (see :func:`~nnunet_ssl.phantom.make_stroke_phantom`).
+        seed: Seed of the set of cases.
+        configuration: The plans configuration.
+        dataset_json_file: The dataset's ``dataset.json`` (default: beside the plans).
+
+    Example:
+        >>> cases = phantom_probe_cases("nnUNet_preprocessed/Dataset501_Tiny/nnUNetPlans.json", 10,
+        ...                             (32, 40, 40), 8.0, seed=1)  # doctest: +SKIP
+    """
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_ssl.phantom import make_stroke_phantom
+
+    plans_file = Path(plans_file)
+    dataset_json_file = Path(dataset_json_file) if dataset_json_file else plans_file.parent / "dataset.json"
+    for f in (plans_file, dataset_json_file):
+        if not f.is_file():
+            raise UserError(f"{f} does not exist; plan and preprocess the dataset first")
+    if n_cases < 1:
+        raise UserError(f"n_cases must be at least 1, got {n_cases}")
+    manager = PlansManager(json.loads(plans_file.read_text(encoding="utf-8")))
+    cm = manager.get_configuration(configuration)
+    dataset_json = json.loads(dataset_json_file.read_text(encoding="utf-8"))
+    preprocessor = DefaultPreprocessor(verbose=False)
+    cases = []
+    for i in range(n_cases):
+        p = make_stroke_phantom(tuple(shape), side=("left", "right")[i % 2], seed=seed * 10007 + i,
+                                lesion_drop_hu=lesion_drop_hu)
+        # one label map carries both masks through nnU-Net's cropping and resampling: 1 brain, 2 lesion
+        labels = (p.brain | p.lesion).astype(np.int16) + p.lesion
+        data, seg, *_ = preprocessor.run_case_npy(p.image[None], labels[None], {"spacing": [1.0, 1.0, 1.0]},
+                                                  manager, cm, dataset_json)
+        cases.append(ProbeCase(f"phantom_{seed}_{i}", np.asarray(data, np.float32), seg[0] == 2, seg[0] >= 1))
     return cases
 
 
@@ -342,6 +408,7 @@ class ProbeMonitor:
             normalisation as the SSL dataset (e.g. the target of ``nnunet-ssl plan-target``).
         voxels_per_class: Voxels sampled per class and case.
         seed: Seeds the voxel sampling; the same every epoch, so scores are comparable.
+        stages: Encoder stage outputs the probe reads (see :func:`voxel_features`); ``None``: all.
 
     Example:
         >>> monitor = ProbeMonitor("nnUNet_preprocessed/Dataset991_DemoStroke/"
@@ -350,12 +417,29 @@ class ProbeMonitor:
         0.83
     """
 
-    def __init__(self, folder: str | os.PathLike, voxels_per_class: int = 500, seed: int = 0):
+    def __init__(self, folder: str | os.PathLike, voxels_per_class: int = 500, seed: int = 0,
+                 stages: Optional[Sequence[int]] = None):
         cases = [c for c in load_preprocessed_cases(folder) if c.lesion.any()]
         if len(cases) < 2:
             raise UserError(f"the probe needs at least two cases with lesion voxels in {folder}, found {len(cases)}")
-        self.train_cases, self.test_cases = cases[0::2], cases[1::2]
+        self._set(cases[0::2], cases[1::2], voxels_per_class, seed, stages)
+
+    def _set(self, train_cases, test_cases, voxels_per_class, seed, stages):
+        if not train_cases or not test_cases:
+            raise UserError(f"the probe needs training and held-out cases, got {len(train_cases)} and "
+                            f"{len(test_cases)}")
+        self.train_cases, self.test_cases = list(train_cases), list(test_cases)
         self.voxels_per_class, self.seed = voxels_per_class, seed
+        self.stages = None if stages is None else tuple(stages)
+
+    @classmethod
+    def from_cases(cls, train_cases: Sequence[ProbeCase], test_cases: Sequence[ProbeCase],
+                   voxels_per_class: int = 500, seed: int = 0,
+                   stages: Optional[Sequence[int]] = None) -> "ProbeMonitor":
+        """A monitor on given cases (e.g. :func:`phantom_probe_cases`) instead of a folder."""
+        monitor = cls.__new__(cls)
+        monitor._set(train_cases, test_cases, voxels_per_class, seed, stages)
+        return monitor
 
     def score(self, encoder: torch.nn.Module, device: str | torch.device = "cpu") -> float:
         """Probe ROC AUC on the held-out half, with ``encoder`` frozen (its mode and ``return_skips`` kept)."""
@@ -364,7 +448,7 @@ class ProbeMonitor:
             encoder.return_skips = True
         try:
             return linear_probe_auc(encoder, self.train_cases, self.test_cases, self.voxels_per_class, self.seed,
-                                    device=device)
+                                    device=device, stages=self.stages)
         finally:
             if skips is not None:
                 encoder.return_skips = skips

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from nnunet_ssl.errors import UserError
 from nnunet_ssl.phantom import make_stroke_phantom
 from nnunet_ssl.probe import (
-    ProbeCase, encoder_from_plans, encoder_from_ssl_checkpoint, linear_probe_auc, load_preprocessed_cases,
-    sample_voxels, voxel_features, window_brain_mask)
+    ProbeCase, ProbeMonitor, encoder_from_plans, encoder_from_ssl_checkpoint, linear_probe_auc,
+    load_preprocessed_cases, phantom_probe_cases, sample_voxels, voxel_features, window_brain_mask)
 
 
 def _case(i: int, drop: float = 20.0, side: str = "") -> ProbeCase:
@@ -103,6 +103,29 @@ def test_odd_sizes_and_channel_pooling():
     assert np.allclose(pooled[:, :2], img[:, voxels[:, 0], voxels[:, 1], voxels[:, 2]].T)
 
 
+def test_stages_select_outputs_by_index():
+    ramp = np.broadcast_to(np.arange(16, dtype=np.float32), (1, 8, 8, 16)).copy()
+    voxels = np.array([[0, 0, 0], [4, 4, 8]])
+    every = voxel_features(multiscale, ramp, voxels)
+    assert np.array_equal(voxel_features(multiscale, ramp, voxels, stages=[-1]), every[:, 2:3])
+    assert np.array_equal(voxel_features(multiscale, ramp, voxels, stages=[0, 2]), every[:, [0, 2]])
+    with pytest.raises(UserError, match="3 stage outputs"):
+        voxel_features(multiscale, ramp, voxels, stages=[3])
+    with pytest.raises(UserError, match="empty"):
+        voxel_features(multiscale, ramp, voxels, stages=[])
+
+
+def test_probe_on_a_stage_that_carries_nothing_is_half(cases):
+    # stage 0 is the image (separates lesions), stage 1 a constant: the probe of stage 1 alone knows nothing
+    enc = lambda x: [x, torch.zeros_like(x)]  # noqa: E731
+    assert linear_probe_auc(enc, cases[:4], cases[4:], stages=[0]) > 0.9
+    assert linear_probe_auc(enc, cases[:4], cases[4:], stages=[-1]) == 0.5
+    monitor = ProbeMonitor.from_cases(cases[:4], cases[4:], stages=[-1])
+    assert monitor.score(enc) == 0.5
+    with pytest.raises(UserError, match="held-out"):
+        ProbeMonitor.from_cases(cases[:4], [])
+
+
 def test_nnunet_encoder_frozen_and_mode_restored(tiny_unet):
     encoder = tiny_unet.encoder
     encoder.train()
@@ -160,6 +183,23 @@ def test_load_preprocessed_cases(nnunet_env):
     assert np.array_equal(one[0].brain, one[0].lesion)  # brain taken from the other folder's labels
     with pytest.raises(UserError, match="not in"):
         load_preprocessed_cases(_preprocessed_folder(root), identifiers=["case_999"])
+
+
+def test_phantom_probe_cases_are_what_nnunet_preprocessing_writes(nnunet_env):
+    # seed 0's cases 0 and 1 are the dataset's case_000 (left lesion) and case_001 (right lesion)
+    root = nnunet_env["root"]
+    plans = root / "preprocessed" / "Dataset501_Tiny" / "nnUNetPlans.json"
+    made = phantom_probe_cases(plans, 2, (32, 40, 40), lesion_drop_hu=8.0, seed=0)
+    written = load_preprocessed_cases(_preprocessed_folder(root), identifiers=["case_000", "case_001"])
+    for m, w in zip(made, written):
+        assert m.image.shape == w.image.shape
+        assert np.allclose(m.image, w.image, atol=1e-5)
+        assert np.array_equal(m.lesion, w.lesion)
+        assert m.lesion.any() and m.brain[m.lesion].all()  # the lesion lies in the brain
+    other = phantom_probe_cases(plans, 2, (32, 40, 40), lesion_drop_hu=8.0, seed=1)
+    assert not np.allclose(other[0].image, made[0].image)
+    with pytest.raises(UserError, match="does not exist"):
+        phantom_probe_cases(root / "nope.json", 2, (32, 40, 40), 8.0)
 
 
 def test_encoder_from_plans_is_seeded(nnunet_env):
