@@ -136,7 +136,7 @@ def test_gradient_flows_lowers_the_loss_and_stays_finite_at_a_perfect_prediction
     perfect = (torch.nn.functional.one_hot(target[:, 0], 3).movedim(-1, 1) * 200.0).requires_grad_()
     out = loss(perfect, target)
     out.backward()
-    assert float(out) < 1e-4 and torch.isfinite(perfect.grad).all()
+    assert out.item() < 1e-4 and torch.isfinite(perfect.grad).all()
 
 
 def test_settings_block_is_validated_by_name():

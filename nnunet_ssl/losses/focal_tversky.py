@@ -40,7 +40,8 @@ from nnunet_ssl.errors import UserError
 
 BLOCK_KEY = "focal_tversky"
 # (1 - TI) is floored here before the power: with gamma < 1 the derivative of u ** gamma is
-# infinite at u = 0, which a saturated softmax reaches exactly in float32
+# infinite at u = 0 (a saturated softmax reaches it exactly in float32; inf * 0 gives NaN
+# gradients) and huge just above; the floor bounds it (gamma * 1e-6 ** (gamma - 1), 24 at 0.75)
 _FLOOR = 1e-6
 
 
