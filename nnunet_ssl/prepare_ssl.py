@@ -269,18 +269,6 @@ def _run_tasks(tasks: Sequence[CaseTask], options: PrepareOptions, jobs: int, pr
     return sorted(results, key=lambda r: r.case_id)
 
 
-def _check_dataset_id(raw: Path, dataset_id: int, name: str) -> None:
-    roots = [raw] + [Path(os.environ[v]) for v in ("nnUNet_preprocessed", "nnUNet_results") if os.environ.get(v)]
-    prefix = f"Dataset{dataset_id:03d}_"
-    for root in roots:
-        if not root.is_dir():
-            continue
-        for entry in root.iterdir():
-            if entry.is_dir() and entry.name.startswith(prefix) and entry.name != name:
-                raise UserError(f"dataset id {dataset_id} is already used by {entry}; choose another id "
-                                "(nnU-Net finds datasets by id)")
-
-
 def write_csv(path: Path, rows: Sequence[dict], columns: Sequence[str]) -> None:
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
@@ -342,14 +330,14 @@ def prepare_ssl_dataset(inputs: Sequence[str], dataset_id: int, name: str, raw_f
         if _inside(folder, path) or _inside(path, folder):
             raise UserError(f"the dataset folder {folder} and the input {path} overlap; write the dataset "
                             "elsewhere (inputs are never modified)")
-    from nnunet_ssl.ct.folders import writable_folder
+    from nnunet_ssl.ct.folders import check_dataset_id, writable_folder
 
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{folder} is a file, not a dataset folder; move it away, or choose another id or name")
     if folder.exists() and not force:
         raise UserError(f"{folder} exists; pass --force to replace it, or choose another id or name")
     writable_folder(raw_folder, "raw datasets folder")
-    _check_dataset_id(raw_folder, int(dataset_id), folder_name)
+    check_dataset_id(raw_folder, int(dataset_id), folder_name)
 
     work = raw_folder / f".{folder_name}.partial"
     if work.exists():

@@ -23,6 +23,7 @@ COMMANDS = {
     "compare": "compare",
     "ensemble": "ensemble",
     "preprocess-ct": "preprocess_ct",
+    "add-scalars": "add_scalars",
 }
 
 

@@ -65,6 +65,29 @@ def remove_entries(folder: Path, names: tuple[str, ...]) -> list[str]:
     return sorted(e.name for e in folder.iterdir() if e.name not in own)
 
 
+def check_dataset_id(raw: Path, dataset_id: int, name: str) -> None:
+    """Refuse a dataset id that another folder than ``name`` already uses in ``raw`` or nnU-Net's other folders.
+
+    nnU-Net finds a dataset by its id alone, so two folders ``Dataset501_A`` and
+    ``Dataset501_B`` make every later command fail.
+
+    Raises:
+        UserError: Naming the folder that holds the id.
+
+    Example:
+        >>> check_dataset_id(Path("nnUNet_raw"), 501, "Dataset501_NCCT")  # doctest: +SKIP
+    """
+    roots = [raw] + [Path(os.environ[v]) for v in ("nnUNet_preprocessed", "nnUNet_results") if os.environ.get(v)]
+    prefix = f"Dataset{dataset_id:03d}_"
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for entry in root.iterdir():
+            if entry.is_dir() and entry.name.startswith(prefix) and entry.name != name:
+                raise UserError(f"dataset id {dataset_id} is already used by {entry}; choose another id "
+                                "(nnU-Net finds datasets by id)")
+
+
 def _tmp_name(name: str) -> str:
     return f".{name}.tmp"
 
