@@ -51,21 +51,26 @@ def raw(tmp_path, monkeypatch):
     return raw
 
 
-@pytest.fixture(scope="session")
-def planned(tmp_path_factory):
-    """A phantom dataset (id 501, lesion labels) planned with a tiny network; returns its environment."""
+def plan_phantoms(root: Path, dataset_id: int, name: str, base_features: int, **phantoms) -> dict:
+    """Write a phantom dataset under ``root`` (``write_phantom_dataset(**phantoms)``) and plan it
+    with a ``base_features`` U-Net and the tiny SSL settings; return ``{"root", "env"}``."""
     from nnunet_ssl.phantom import write_phantom_dataset
     from nnunet_ssl.planning import plan_and_preprocess
 
-    root = tmp_path_factory.mktemp("nnunet")
     env = nnunet_environment(root)
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():
             mp.setenv(k, v)
-        write_phantom_dataset(root / "raw", 501, "Tiny", n_train=6, n_test=2, shape=(32, 40, 40))
-        plan_and_preprocess(501, base_features=4, gpu_memory_gb=0.5, ssl_settings=TINY_SSL,
+        write_phantom_dataset(root / "raw", dataset_id, name, **phantoms)
+        plan_and_preprocess(dataset_id, base_features=base_features, gpu_memory_gb=0.5, ssl_settings=TINY_SSL,
                             num_processes=1)
     return {"root": root, "env": env}
+
+
+@pytest.fixture(scope="session")
+def planned(tmp_path_factory):
+    """A phantom dataset (id 501, lesion labels) planned with a tiny network; returns its environment."""
+    return plan_phantoms(tmp_path_factory.mktemp("nnunet"), 501, "Tiny", 4, n_train=6, n_test=2, shape=(32, 40, 40))
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from nnunet_ssl.probe import ProbeMonitor, phantom_probe_cases
-from tests.conftest import TINY_SSL, nnunet_environment
+from conftest import plan_phantoms
 
 MARGIN = 0.05  # ROC AUC over the untrained encoder
 SHAPE, DROP_HU = (32, 48, 48), 20.0  # the benchmark's phantoms
@@ -31,16 +31,9 @@ SHAPE, DROP_HU = (32, 48, 48), 20.0  # the benchmark's phantoms
 @pytest.fixture(scope="module")
 def probe_dataset(tmp_path_factory):
     """12 lesion phantoms planned with an 8-64 U-Net; 8 + 8 other phantoms for the probe."""
-    from nnunet_ssl.phantom import write_phantom_dataset
-    from nnunet_ssl.planning import plan_and_preprocess
-
-    root = tmp_path_factory.mktemp("probe")
-    env = nnunet_environment(root)
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        write_phantom_dataset(root / "raw", 502, "Probe", n_train=12, shape=SHAPE, lesion_drop_hu=DROP_HU)
-        plan_and_preprocess(502, base_features=8, gpu_memory_gb=0.5, ssl_settings=TINY_SSL, num_processes=1)
+    planned = plan_phantoms(tmp_path_factory.mktemp("probe"), 502, "Probe", 8, n_train=12, shape=SHAPE,
+                            lesion_drop_hu=DROP_HU)
+    root, env = planned["root"], planned["env"]
     folder = root / "preprocessed" / "Dataset502_Probe"
     # seeds 1 and 2: no phantom of the pretraining dataset (seed 0) and none shared between the halves
     train = phantom_probe_cases(folder / "nnUNetPlans.json", 8, SHAPE, DROP_HU, seed=1)
