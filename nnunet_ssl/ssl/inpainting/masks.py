@@ -40,11 +40,10 @@ def cube_mask(shape: Sequence[int], cube: Sequence[int], ratio: float,
         >>> m.float().mean(dim=(1, 2, 3)).tolist()
         [0.5, 0.5]
     """
-    mask = block_mask(shape, tuple(cube), ratio, generator)
-    spatial_dims = tuple(range(2, len(shape)))
-    shifted = [torch.roll(m, [int(torch.randint(0, c, (), generator=generator)) for c in cube],
-                          [d - 1 for d in spatial_dims]) for m in mask]
-    return torch.stack(shifted).to(device)
+    mask = block_mask(shape, tuple(cube), ratio, generator, device)
+    dims = tuple(range(1, len(shape) - 1))  # the spatial axes of one sample (1, *spatial)
+    return torch.stack([torch.roll(m, [int(torch.randint(0, c, (), generator=generator)) for c in cube], dims)
+                        for m in mask])
 
 
 def fill_values(data: torch.Tensor, fill: str, generator: Optional[torch.Generator] = None) -> torch.Tensor:
