@@ -41,10 +41,15 @@ ADAPTATION_PLAN_FIELDS = ("architecture_plans", "pretrain_plan", "pretrain_num_i
 
 
 def ssl_metadata(settings: dict, configuration_manager, num_input_channels: int,
-                 dataset_name: str, plans_name: str, configuration: str) -> dict:
-    """The ``ssl`` entry of a checkpoint (see the module docstring)."""
+                 dataset_name: str, plans_name: str, configuration: str, format: str = FORMAT,
+                 encoder_prefixes: Optional[dict] = None) -> dict:
+    """The ``ssl`` entry of a checkpoint (see the module docstring).
+
+    The pretext trainers (:mod:`nnunet_ssl.ssl.base`) write it with their own ``format``
+    and one plain U-Net (``encoder_prefixes={"network": "encoder."}``).
+    """
     return {
-        "format": FORMAT,
+        "format": format,
         "settings": settings,
         "architecture": {
             "network_class_name": configuration_manager.network_arch_class_name,
@@ -55,7 +60,7 @@ def ssl_metadata(settings: dict, configuration_manager, num_input_channels: int,
         "dataset_name": dataset_name,
         "plans_name": plans_name,
         "configuration": configuration,
-        "encoder_prefixes": dict(ENCODER_PREFIXES),
+        "encoder_prefixes": dict(ENCODER_PREFIXES if encoder_prefixes is None else encoder_prefixes),
         "target_encoder_key": "encoder",
     }
 

@@ -10,10 +10,12 @@ after a strict compatibility check, and saves the whole state dict.
 Two kinds of source checkpoint are accepted:
 
 * this package's DeSD checkpoints (an ``ssl`` entry; teacher or student encoder);
-* checkpoints of other SSL frameworks that carry an ``nnssl_adaptation_plan``
-  entry (nnssl's layout): the tensors under its ``key_to_encoder`` (and
-  ``key_to_stem`` where the stem lies outside the encoder) are mapped onto the
-  target network's ``key_to_encoder``/``key_to_stem``.
+* checkpoints that carry an ``nnssl_adaptation_plan`` entry (nnssl's layout):
+  the tensors under its ``key_to_encoder`` (and ``key_to_stem`` where the stem
+  lies outside the encoder) are mapped onto the target network's
+  ``key_to_encoder``/``key_to_stem``. This package's pretext trainers
+  (:mod:`nnunet_ssl.ssl`) write such an entry beside their ``ssl`` entry, whose
+  architecture and settings the transfer then checks and records.
 
 Everything must match the target network exactly, except, when asked with
 ``in_channels_rule``, the number of input channels of the first convolution
@@ -70,7 +72,8 @@ def load_ssl_checkpoint(path: str | os.PathLike) -> dict:
             raise UserError(f"{path}: {problem}; cannot tell where its encoder is")
         return checkpoint
     raise UserError(f"{path} is not an SSL checkpoint written by nnUNetTrainerDeSD (no 'ssl' entry of "
-                    f"format {FORMAT}) nor one with an '{ADAPTATION_PLAN_KEY}' entry; give "
+                    f"format {FORMAT}) nor one with an '{ADAPTATION_PLAN_KEY}' entry (as the pretext trainers "
+                    "write); give "
                     "checkpoint_final.pth, checkpoint_best.pth or checkpoint_latest.pth from the SSL "
                     "training's output folder")
 
@@ -361,8 +364,9 @@ def transfer(ssl_checkpoint: str | os.PathLike, dataset: str | int, output: str 
     if not foreign:
         encoder = encoder_state(checkpoint, source)
     plans_manager, cm, dataset_json = _target_plans(dataset, plans, configuration)
-    recorded = (checkpoint[ADAPTATION_PLAN_KEY].get("architecture_plans") if foreign
-                else checkpoint["ssl"].get("architecture"))
+    # this package's own entry: DeSD's, or a pretext trainer's beside its adaptation plan
+    own = checkpoint.get("ssl") if isinstance(checkpoint.get("ssl"), dict) else None
+    recorded = own.get("architecture") if own else checkpoint[ADAPTATION_PLAN_KEY].get("architecture_plans")
     check_architecture(recorded, {"network_class_name": cm.network_arch_class_name,
                                   "arch_kwargs": cm.network_arch_init_kwargs}, allow_architecture_difference)
     network = _build(plans_manager, cm, dataset_json)
@@ -379,20 +383,20 @@ def transfer(ssl_checkpoint: str | os.PathLike, dataset: str | int, output: str 
     for module in modules:  # through the submodules, so that nnU-Net's decoder.encoder alias follows
         sub = {k[len(module) + 1:]: v for k, v in encoder.items() if k.startswith(module + ".")}
         network.get_submodule(module).load_state_dict(sub, strict=True)
-    if foreign:
-        plan = checkpoint[ADAPTATION_PLAN_KEY]
-        pretrain = plan.get("pretrain_plan") or {}
+    if own:
+        meta = own
+    else:
+        pretrain = checkpoint[ADAPTATION_PLAN_KEY].get("pretrain_plan") or {}
         meta = {"dataset_name": pretrain.get("dataset_name"), "plans_name": pretrain.get("plans_name"),
                 "configuration": next(iter(pretrain.get("configurations") or {}), None), "settings": None}
+    if foreign:
         source = "encoder"
-    else:
-        meta = checkpoint["ssl"]
     payload = {
         "network_weights": network.state_dict(),
         "nnunet_ssl_transfer": {
             "source_checkpoint": str(Path(ssl_checkpoint).resolve()),
             "source": source,
-            "source_format": ADAPTATION_PLAN_KEY if foreign else FORMAT,
+            "source_format": meta.get("format") or ADAPTATION_PLAN_KEY,
             "ssl_dataset": meta.get("dataset_name"),
             "ssl_plans": meta.get("plans_name"),
             "ssl_configuration": meta.get("configuration"),

@@ -57,3 +57,15 @@ def test_settings_reference_lists_every_setting():
     doc = (REPO / "docs" / "pretraining.md").read_text(encoding="utf-8")
     for f in dataclasses.fields(DeSDSettings):
         assert f"| `{f.name}` | " in doc, f.name
+
+
+def test_every_docs_page_is_linked_and_every_relative_link_resolves():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    pages = sorted(p.name for p in (REPO / "docs").glob("*.md"))
+    assert pages
+    for name in pages:
+        assert f"](docs/{name})" in readme, f"docs/{name} is not linked from README.md"
+    for page in [REPO / "README.md", *(REPO / "docs").glob("*.md")]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text(encoding="utf-8")):
+            if "://" not in target:
+                assert (page.parent / target).exists(), f"{page.name} links to {target}, which does not exist"

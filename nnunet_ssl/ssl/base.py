@@ -1,0 +1,220 @@
+"""The trainers the pretext methods build on: what they share with nnU-Net and with each other.
+
+Contract with nnU-Net (:class:`nnUNetTrainerPretext`; what it changes and what it keeps):
+
+* Kept: plans, preprocessed data, splits, patch and batch size, data augmentation,
+  SGD with the poly learning-rate schedule, autocast and gradient scaling on CUDA,
+  gradient clipping at 12, ``torch.compile``, DDP, ``--c`` resume, logging and the
+  output folder layout.
+* Network: the stock U-Net of the plans with as many output channels as input
+  channels and no deep supervision (a method may wrap it, keeping its state-dict
+  keys), so that the checkpoint holds a complete nnU-Net network state:
+  ``nnUNetv2_train ... -pretrained_weights checkpoint_final.pth`` loads every key
+  but the output layer (``decoder.seg_layers``), which nnU-Net skips, and
+  ``nnunet-ssl-transfer`` finds the encoder through the ``nnssl_adaptation_plan``.
+* Settings: one block of the plans configuration per method (``ssl_mae``,
+  ``ssl_genesis``, ...; :mod:`nnunet_ssl.ssl.settings`), recorded in the log, the
+  logger's config and the checkpoint's ``ssl`` entry.
+* Train and validation steps: the method turns ``batch["data"]`` into the network's
+  input and a target (:meth:`~nnUNetTrainerPretext.pretext_batch`, without gradients)
+  and scores the network's output (:meth:`~nnUNetTrainerPretext.pretext_loss`). The
+  segmentation ``target`` of the batch is not used. Validation draws its random
+  corruptions from a generator reset every epoch, so scores compare across epochs.
+* What "best" means: nnU-Net's logger and ``checkpoint_best.pth`` follow
+  ``mean_fg_dice`` and its moving average; the method's validation score
+  (:meth:`~nnUNetTrainerPretext.validation_score`, higher is better) is logged
+  there, so ``progress.png``'s "pseudo dice" curve shows it.
+* Checkpoints are written to a temporary file and renamed (a kill during the
+  write leaves the previous file whole).
+* ``perform_actual_validation`` does nothing: there is nothing to segment.
+
+:class:`nnUNetTrainerRestoration` adds what the restoration methods share: a
+method implements ``corrupt(data, generator) -> (corrupted, loss_mask)``; the
+network predicts the original patch, the loss is the squared error on the loss
+mask, and the validation score is ``1 - loss / loss of predicting 0``.
+"""
+from __future__ import annotations
+
+import json
+from typing import List
+
+import numpy as np
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.collate_outputs import collate_outputs
+from nnunetv2.utilities.helpers import dummy_context
+from torch import autocast
+
+from nnunet_ssl.checkpoint import nnssl_adaptation_plan, save_atomic, ssl_metadata
+from nnunet_ssl.finetune.freezing import unwrap
+from nnunet_ssl.ssl.restoration import masked_mse, reconstruction_score
+from nnunet_ssl.ssl.settings import PretextSettings
+
+PRETEXT_FORMAT = "nnunet_ssl.pretext/1"
+VALIDATION_SEED = 12345  # the same corruptions every validation epoch: the scores compare across epochs
+
+
+class nnUNetTrainerPretext(nnUNetTrainer):
+    """Shared part of the pretext trainers; see the module docstring for the contract.
+
+    A method sets ``settings_class`` and implements :meth:`pretext_batch`,
+    :meth:`pretext_loss` and :meth:`validation_score`.
+    """
+
+    settings_class: type[PretextSettings] = PretextSettings
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.ssl_settings = self.settings_class.from_configuration(self.configuration_manager.configuration)
+        s = self.ssl_settings
+        self.num_epochs = s.num_epochs
+        self.num_iterations_per_epoch = s.num_iterations_per_epoch
+        self.num_val_iterations_per_epoch = s.num_val_iterations_per_epoch
+        self.enable_deep_supervision = False
+        # corruptions drawn from the process's seed (one stream per DDP rank)
+        self._train_generator = torch.Generator().manual_seed(torch.initial_seed() + self.local_rank)
+        self._val_generator = torch.Generator()
+
+    @staticmethod
+    def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True):
+        # as many outputs as inputs, one full-resolution output
+        return nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
+                                                        num_input_channels, False)
+
+    def initialize(self):
+        super().initialize()
+        block = self.settings_class.BLOCK
+        self.print_to_log_file(f"{block} settings:\n" + json.dumps(self.ssl_settings.to_dict(), indent=1),
+                               also_print_to_console=False)
+        self.logger.update_config({block: self.ssl_settings.to_dict()})
+
+    # ------------------------------------------------------------- the method's hooks
+    def pretext_batch(self, data: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        """The network's input and the targets :meth:`pretext_loss` needs (run without gradients)."""
+        raise NotImplementedError
+
+    def pretext_loss(self, output: torch.Tensor, targets: dict) -> tuple[torch.Tensor, dict]:
+        """``(loss, statistics)``; the statistics (tensors) go to :meth:`validation_score`."""
+        raise NotImplementedError
+
+    def validation_score(self, outputs: dict) -> float:
+        """Higher is better; ``outputs`` maps ``loss`` and each statistic to an array over the batches."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------- steps
+    def _forward_loss(self, batch: dict, generator: torch.Generator):
+        data = batch["data"].to(self.device, non_blocking=True)
+        with torch.no_grad():
+            inputs, targets = self.pretext_batch(data, generator)
+        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+            output = self.network(inputs)
+            return self.pretext_loss(output, targets)
+
+    def train_step(self, batch: dict) -> dict:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, _ = self._forward_loss(batch, self._train_generator)
+        # as nnU-Net's train_step: scaled backward on CUDA, gradient clipping at 12
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
+            self.optimizer.step()
+        return {"loss": loss.detach().cpu().numpy()}
+
+    def on_validation_epoch_start(self):
+        super().on_validation_epoch_start()
+        self._val_generator.manual_seed(VALIDATION_SEED + self.local_rank)
+
+    def validation_step(self, batch: dict) -> dict:
+        with torch.no_grad():
+            loss, stats = self._forward_loss(batch, self._val_generator)
+        return {"loss": loss.detach().cpu().numpy(), **{k: v.detach().cpu().numpy() for k, v in stats.items()}}
+
+    def on_validation_epoch_end(self, val_outputs: List[dict]):
+        outputs = {k: np.asarray(v, float).ravel() for k, v in collate_outputs(val_outputs).items()}
+        if self.is_ddp:
+            import torch.distributed as dist
+
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, outputs)
+            outputs = {k: np.concatenate([g[k] for g in gathered]) for k in outputs}
+        score = self.validation_score(outputs)
+        self.logger.log("mean_fg_dice", score, self.current_epoch)
+        self.logger.log("dice_per_class_or_region", [score], self.current_epoch)
+        self.logger.log("val_losses", float(np.mean(outputs["loss"])), self.current_epoch)
+
+    # ------------------------------------------------------------- checkpoints
+    def checkpoint_dict(self) -> dict:
+        """nnU-Net's checkpoint entries, plus ``ssl`` and ``nnssl_adaptation_plan`` (what the weights are)."""
+        network = unwrap(self.network)
+        settings = self.ssl_settings.to_dict()
+        meta = ssl_metadata(settings, self.configuration_manager, self.num_input_channels,
+                            self.plans_manager.dataset_name, self.plans_manager.plans_name, self.configuration_name,
+                            format=PRETEXT_FORMAT, encoder_prefixes={"network": "encoder."})
+        meta.update({"method": self.__class__.__name__, "settings_block": self.settings_class.BLOCK})
+        return {
+            "network_weights": network.state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            "logging": self.logger.get_checkpoint(),
+            "_best_ema": self._best_ema,
+            "current_epoch": self.current_epoch + 1,
+            "init_args": self.my_init_kwargs,
+            "trainer_name": self.__class__.__name__,
+            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
+            "ssl": meta,
+            # the network's own keys (no prefix): nnU-Net's U-Net layout
+            "nnssl_adaptation_plan": nnssl_adaptation_plan(self.plans_manager.plans, self.configuration_name,
+                                                           self.num_input_channels,
+                                                           self.configuration_manager.patch_size,
+                                                           weights_prefix=""),
+        }
+
+    def save_checkpoint(self, filename: str) -> None:
+        if self.local_rank != 0:
+            return
+        if self.disable_checkpointing:
+            self.print_to_log_file("No checkpoint written, checkpointing is disabled")
+            return
+        save_atomic(self.checkpoint_dict(), filename)
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        self.print_to_log_file(f"{self.__class__.__name__} pretraining: no segmentation validation to run.")
+
+
+class nnUNetTrainerRestoration(nnUNetTrainerPretext):
+    """Restore a corrupted patch; a method implements :meth:`corrupt` (and may replace :meth:`restoration_loss`)."""
+
+    def corrupt(self, data: torch.Tensor, generator: torch.Generator
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(corrupted patch, loss mask)``: a new tensor (``data`` unchanged) and a boolean
+        ``(B, 1, *spatial)`` (or ``(B, C, *spatial)``) mask of the voxels the loss counts."""
+        raise NotImplementedError
+
+    def restoration_loss(self, prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return masked_mse(prediction, target, mask)
+
+    def _build_loss(self):
+        return self.restoration_loss
+
+    def pretext_batch(self, data, generator):
+        corrupted, mask = self.corrupt(data, generator)
+        return corrupted, {"target": data, "mask": mask}
+
+    def pretext_loss(self, output, targets):
+        target, mask = targets["target"], targets["mask"]
+        loss = self.loss(output, target, mask)
+        with torch.no_grad():
+            baseline = self.loss(torch.zeros_like(output), target, mask)
+        return loss, {"baseline": baseline}
+
+    def validation_score(self, outputs: dict) -> float:
+        return reconstruction_score(outputs["loss"], outputs["baseline"])
+
