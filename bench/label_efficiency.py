@@ -70,11 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SSL settings (JSON object or file) replacing those names of the demo's settings "
                         f"(default: the demo's, {json.dumps(DemoConfig().ssl)})")
     p.add_argument("--ssl-trainer", default=d.ssl_trainer,
-                   help="SSL trainer class for nnUNetv2_train -tr (nnUNetTrainerMAE: masked image modelling, "
-                        "fine-tuned from its checkpoint_final.pth without nnunet-ssl-transfer)")
-    p.add_argument("--mae", default=None, metavar="JSON",
-                   help="settings of nnUNetTrainerMAE (JSON object or file), written as the ssl_mae block of the "
-                        "SSL plans; names left out take its defaults and the run length of --ssl")
+                   help="SSL trainer class for nnUNetv2_train -tr; the pretext trainers (nnUNetTrainerMAE, "
+                        "nnUNetTrainerModelsGenesis, nnUNetTrainerInpainting, nnUNetTrainerRotation) are "
+                        "fine-tuned from their checkpoint_final.pth without nnunet-ssl-transfer")
+    p.add_argument("--pretext", default=None, metavar="JSON",
+                   help="settings of a pretext trainer (JSON object or file), written as its block of the SSL "
+                        "plans (e.g. ssl_mae); names left out take its defaults and the run length of --ssl")
     p.add_argument("--n-labelled", type=int, default=d.n_pool, help="labelled cases the subsets are drawn from")
     p.add_argument("--n-val", type=int, default=d.n_val, help="fixed validation cases of every fold")
     p.add_argument("--n-unlabelled", type=int, default=d.n_unlabelled, help="extra unlabelled SSL cases")
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             lesion_drop_hu=args.lesion_drop_hu, base_features=args.base_features, epochs=args.epochs,
             iterations=args.iterations, val_iterations=args.val_iterations,
             final_validation=args.final_validation, ssl=ssl_settings(args.ssl),
-            ssl_trainer=args.ssl_trainer, mae=None if args.mae is None else json_object(args.mae, "--mae"),
+            ssl_trainer=args.ssl_trainer, pretext=None if args.pretext is None else json_object(args.pretext, "--pretext"),
             data_seed=args.data_seed, device=device)
         from nnunet_ssl.label_efficiency import run_benchmark
 

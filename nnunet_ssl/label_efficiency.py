@@ -18,7 +18,7 @@ Steps, each a real command with nnU-Net's folders inside the output folder:
    fine-tuning budget as the ``3d_fullres_budget`` configuration of the target plans
    (read by ``trainers/nnUNetTrainerBudget.py``);
 4. pretraining once: ``nnUNetv2_train SSL 3d_fullres all -tr nnUNetTrainerDeSD`` (or another
-   ``ssl_trainer``; ``nnUNetTrainerMAE`` reads the ``ssl_mae`` block the benchmark writes
+   ``ssl_trainer``; a pretext trainer (e.g. ``nnUNetTrainerMAE``) reads its block (``ssl_mae``) the benchmark writes
    into the SSL plans);
 5. ``nnunet-ssl-transfer`` (skipped for trainers of :data:`WHOLE_NETWORK_TRAINERS`, whose
    ``checkpoint_final.pth`` is a complete nnU-Net network state and is loaded as it is);
@@ -55,8 +55,14 @@ ENTRIES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "arms", "logs"
            RESULTS_FILE, PLOT_FILE)
 ARM_TYPES = ("scratch", "ssl")
 # SSL trainers whose checkpoint holds the whole U-Net of the plans (nnU-Net's -pretrained_weights loads it)
-WHOLE_NETWORK_TRAINERS = ("nnUNetTrainerMAE",)
-# names of the ``ssl`` settings that set the run length; a MAE run takes them unless ``mae`` sets them
+# (the pretext methods of ``nnunet_ssl.ssl``: trainer name -> its module)
+WHOLE_NETWORK_TRAINERS = {
+    "nnUNetTrainerMAE": "nnunet_ssl.ssl.mae.trainer",
+    "nnUNetTrainerModelsGenesis": "nnunet_ssl.ssl.genesis.trainer",
+    "nnUNetTrainerInpainting": "nnunet_ssl.ssl.inpainting.trainer",
+    "nnUNetTrainerRotation": "nnunet_ssl.ssl.rotation.trainer",
+}
+# names of the ``ssl`` settings that set the run length; a pretext run takes them unless ``pretext`` sets them
 RUN_LENGTH = ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch")
 # settings a rerun may change: they only add or drop arms, each of which stands on its own
 EXTENDABLE = ("counts", "scratch_counts", "seeds", "device")
@@ -84,8 +90,8 @@ class BenchmarkConfig:
     final_validation: bool = False
     ssl: dict = field(default_factory=lambda: dict(DemoConfig().ssl))
     ssl_trainer: str = "nnUNetTrainerDeSD"
-    # the ``ssl_mae`` block of nnUNetTrainerMAE (None: its defaults, with the run length of ``ssl``)
-    mae: Optional[dict] = None
+    # the settings block of a pretext trainer, e.g. ``ssl_mae`` (None: its defaults, with the run length of ``ssl``)
+    pretext: Optional[dict] = None
     data_seed: int = 0
     device: str = "cpu"
 
@@ -105,14 +111,12 @@ class BenchmarkConfig:
         for name in ("n_val", "n_test", "epochs", "iterations", "val_iterations"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.mae is not None and self.ssl_trainer not in WHOLE_NETWORK_TRAINERS:
-            raise UserError(f"MAE settings apply to --ssl-trainer {' or '.join(WHOLE_NETWORK_TRAINERS)}, "
+        if self.pretext is not None and self.ssl_trainer not in WHOLE_NETWORK_TRAINERS:
+            raise UserError(f"pretext settings apply to --ssl-trainer {' or '.join(WHOLE_NETWORK_TRAINERS)}, "
                             f"not {self.ssl_trainer}")
         if self.ssl_trainer in WHOLE_NETWORK_TRAINERS:
-            from nnunet_ssl.ssl.mae.settings import MAESettings
-
             try:
-                MAESettings.from_dict(mae_block(self))
+                pretext_settings_class(self.ssl_trainer).from_dict(pretext_block(self))
             except ValueError as e:
                 raise UserError(str(e)) from None
 
@@ -145,24 +149,30 @@ class Arm:
         return arm_key(self.kind, self.n, self.seed)
 
 
-def mae_block(config: "BenchmarkConfig") -> dict:
-    """The ``ssl_mae`` block of the SSL plans: the run length of ``config.ssl``, then ``config.mae``.
+def pretext_settings_class(trainer: str):
+    """The settings class (with its plans block name ``BLOCK``) of a pretext trainer."""
+    import importlib
+
+    return getattr(importlib.import_module(WHOLE_NETWORK_TRAINERS[trainer]), trainer).settings_class
+
+
+def pretext_block(config: "BenchmarkConfig") -> dict:
+    """The pretext trainer's block of the SSL plans: the run length of ``config.ssl``, then ``config.pretext``.
 
     Example:
-        >>> mae_block(BenchmarkConfig(ssl={"num_epochs": 3}, ssl_trainer="nnUNetTrainerMAE", mae={"mask_ratio": 0.5}))
+        >>> pretext_block(BenchmarkConfig(ssl={"num_epochs": 3}, ssl_trainer="nnUNetTrainerMAE",
+        ...                               pretext={"mask_ratio": 0.5}))
         {'num_epochs': 3, 'mask_ratio': 0.5}
     """
     block = {k: config.ssl[k] for k in RUN_LENGTH if k in config.ssl}
-    block.update(config.mae or {})
+    block.update(config.pretext or {})
     return block
 
 
-def write_mae_block(plans_file: Path, config: "BenchmarkConfig") -> None:
-    """Set the ``ssl_mae`` block of ``3d_fullres`` in the SSL plans (nnU-Net ignores the key)."""
-    from nnunet_ssl.ssl.mae.settings import BLOCK_KEY
-
+def write_pretext_block(plans_file: Path, config: "BenchmarkConfig") -> None:
+    """Set the pretext trainer's block (e.g. ``ssl_mae``) of ``3d_fullres`` in the SSL plans (nnU-Net ignores it)."""
     plans = json.loads(plans_file.read_text(encoding="utf-8"))
-    plans["configurations"]["3d_fullres"][BLOCK_KEY] = mae_block(config)
+    plans["configurations"]["3d_fullres"][pretext_settings_class(config.ssl_trainer).BLOCK] = pretext_block(config)
     write_json_atomic(plans_file, plans)
 
 
@@ -493,7 +503,7 @@ def run_benchmark(output: str | os.PathLike, config: BenchmarkConfig = Benchmark
 
     def pretrain():
         if c.whole_network:
-            write_mae_block(preprocessed / f"Dataset{SSL_ID}_{SSL_NAME}" / "nnUNetPlans.json", c)
+            write_pretext_block(preprocessed / f"Dataset{SSL_ID}_{SSL_NAME}" / "nnUNetPlans.json", c)
         # --c: an interrupted pretraining continues from its latest checkpoint (nnU-Net starts anew without one)
         run.command([_bin("nnUNetv2_train"), str(SSL_ID), "3d_fullres", "all", "-tr", c.ssl_trainer,
                      "-device", c.device, "--c"], "pretrain", progress_marker="train_loss")

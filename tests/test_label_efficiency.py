@@ -313,20 +313,25 @@ def test_tiny_benchmark_killed_and_continued(tmp_path):
 # ---------------------------------------------------------------- masked image modelling as the SSL method
 def test_mae_settings_are_checked_and_take_the_ssl_run_length():
     config = BenchmarkConfig(ssl={"num_epochs": 3, "num_iterations_per_epoch": 5, "batch_size": 2},
-                             ssl_trainer="nnUNetTrainerMAE", mae={"mask_ratio": 0.5, "num_epochs": 4})
+                             ssl_trainer="nnUNetTrainerMAE", pretext={"mask_ratio": 0.5, "num_epochs": 4})
     assert config.whole_network and not BenchmarkConfig().whole_network
-    assert le.mae_block(config) == {"num_epochs": 4, "num_iterations_per_epoch": 5, "mask_ratio": 0.5}
+    assert le.pretext_block(config) == {"num_epochs": 4, "num_iterations_per_epoch": 5, "mask_ratio": 0.5}
     with pytest.raises(UserError, match="'mask_ratoi'"):
-        BenchmarkConfig(ssl_trainer="nnUNetTrainerMAE", mae={"mask_ratoi": 0.5})
+        BenchmarkConfig(ssl_trainer="nnUNetTrainerMAE", pretext={"mask_ratoi": 0.5})
     with pytest.raises(UserError, match="'block_size'"):
-        BenchmarkConfig(ssl_trainer="nnUNetTrainerMAE", mae={"block_size": "8"})
-    with pytest.raises(UserError, match="apply to --ssl-trainer nnUNetTrainerMAE"):
-        BenchmarkConfig(mae={"mask_ratio": 0.5})
+        BenchmarkConfig(ssl_trainer="nnUNetTrainerMAE", pretext={"block_size": "8"})
+    with pytest.raises(UserError, match="apply to --ssl-trainer nnUNetTrainerMAE or"):
+        BenchmarkConfig(pretext={"mask_ratio": 0.5})
+    # every pretext trainer: its own block, checked by its own settings
+    genesis = BenchmarkConfig(ssl={"num_epochs": 3}, ssl_trainer="nnUNetTrainerModelsGenesis")
+    assert genesis.whole_network and le.pretext_settings_class(genesis.ssl_trainer).BLOCK == "ssl_genesis"
+    with pytest.raises(UserError, match="unknown ssl_rotation setting"):
+        BenchmarkConfig(ssl_trainer="nnUNetTrainerRotation", pretext={"mask_ratio": 0.5})
 
 
 def test_mae_run_pretrains_without_transfer_and_finetunes_from_its_checkpoint(tmp_path, monkeypatch):
     config = BenchmarkConfig(counts=(1,), scratch_counts=(), seeds=(0,), n_pool=2, ssl={"num_epochs": 2},
-                             ssl_trainer="nnUNetTrainerMAE", mae={"mask_ratio": 0.5})
+                             ssl_trainer="nnUNetTrainerMAE", pretext={"mask_ratio": 0.5})
     out = tmp_path / "run"
     results = open_results(out, config, force=False)
     _fake_finished_stages(out, config)
@@ -357,7 +362,7 @@ def test_mae_run_pretrains_without_transfer_and_finetunes_from_its_checkpoint(tm
 
 def test_script_mae_option(tmp_path):
     proc = subprocess.run([sys.executable, str(BENCH), "-o", str(tmp_path / "x"), "--ssl-trainer",
-                           "nnUNetTrainerMAE", "--mae", '{"mask_ratoi": 0.5}'], capture_output=True, text=True)
+                           "nnUNetTrainerMAE", "--pretext", '{"mask_ratoi": 0.5}'], capture_output=True, text=True)
     assert proc.returncode == 2 and "label_efficiency: error: unknown ssl_mae setting(s) ['mask_ratoi']" in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert _bench_module().json_object('{"block_size": 8}', "--mae") == {"block_size": 8}
+    assert _bench_module().json_object('{"block_size": 8}', "--pretext") == {"block_size": 8}
