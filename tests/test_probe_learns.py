@@ -42,13 +42,17 @@ def probe_dataset(tmp_path_factory):
             "monitor": ProbeMonitor.from_cases(train, test, voxels_per_class=300, stages=[-1])}
 
 
-def _mae(plans, dataset_json, fold):
-    from nnunet_ssl.ssl.mae.trainer import nnUNetTrainerMAE
+def _pretext(module: str, cls: str, block: str):
+    """A method on the pretext base (``module.cls``, settings block ``block``), 300 iterations."""
+    def make(plans, dataset_json, fold):
+        import importlib
 
-    plans["configurations"]["3d_fullres"]["ssl_mae"] = {
-        "num_epochs": 12, "num_iterations_per_epoch": 25, "num_val_iterations_per_epoch": 1}
-    trainer = nnUNetTrainerMAE(plans, "3d_fullres", fold, dataset_json, device=torch.device("cpu"))
-    return trainer, lambda t: t.network.encoder
+        trainer_class = getattr(importlib.import_module(module), cls)
+        plans["configurations"]["3d_fullres"][block] = {
+            "num_epochs": 12, "num_iterations_per_epoch": 25, "num_val_iterations_per_epoch": 1}
+        trainer = trainer_class(plans, "3d_fullres", fold, dataset_json, device=torch.device("cpu"))
+        return trainer, lambda t: t.network.encoder
+    return make
 
 
 def _desd(plans, dataset_json, fold):
@@ -62,7 +66,13 @@ def _desd(plans, dataset_json, fold):
 
 
 METHODS = [
-    pytest.param(_mae, id="mae"),
+    pytest.param(_pretext("nnunet_ssl.ssl.mae.trainer", "nnUNetTrainerMAE", "ssl_mae"), id="mae"),
+    pytest.param(_pretext("nnunet_ssl.ssl.genesis.trainer", "nnUNetTrainerModelsGenesis", "ssl_genesis"),
+                 id="genesis"),
+    pytest.param(_pretext("nnunet_ssl.ssl.inpainting.trainer", "nnUNetTrainerInpainting", "ssl_inpainting"),
+                 id="inpainting"),
+    pytest.param(_pretext("nnunet_ssl.ssl.rotation.trainer", "nnUNetTrainerRotation", "ssl_rotation"),
+                 id="rotation"),
     # measured: in 150 iterations DeSD's teacher encoder scores what it scored untrained (within 0.002),
     # see docs/label-efficiency.md; strict, so a DeSD that starts to pass is noticed
     pytest.param(_desd, id="desd", marks=pytest.mark.xfail(
