@@ -43,13 +43,13 @@ def probe_dataset(tmp_path_factory):
 
 
 def _pretext(module: str, cls: str, block: str):
-    """A method on the pretext base (``module.cls``, settings block ``block``), 300 iterations."""
+    """A method on the pretext base (``module.cls``, settings block ``block``), 150 iterations."""
     def make(plans, dataset_json, fold):
         import importlib
 
         trainer_class = getattr(importlib.import_module(module), cls)
         plans["configurations"]["3d_fullres"][block] = {
-            "num_epochs": 12, "num_iterations_per_epoch": 25, "num_val_iterations_per_epoch": 1}
+            "num_epochs": 6, "num_iterations_per_epoch": 25, "num_val_iterations_per_epoch": 1}
         trainer = trainer_class(plans, "3d_fullres", fold, dataset_json, device=torch.device("cpu"))
         return trainer, lambda t: t.network.encoder
     return make
