@@ -237,9 +237,9 @@ def write_clot_dataset(source: Path | str, output_folder: Path | str, box_mm: Op
             write_image(registered, work / "imagesTr" / f"{case}_0001.nii.gz", sitk.sitkFloat32)
             write_image(label, work / "labelsTr" / f"{case}.nii.gz", sitk.sitkUInt8)
             save_registration_qc(work / QC_FOLDER / f"{case}.png", cta, registered, label,
-                                 f"{case}: MI {metric:.3f}")
+                                 f"{case}: mutual information {-metric:.3f}")
             summary.transforms[case], summary.metrics[case] = transform, metric
-        generate_dataset_json(str(work), channel_names=CHANNELS, labels=LABELS, num_training_cases=len(cases),
+        generate_dataset_json(str(work), channel_names=dict(CHANNELS), labels=dict(LABELS), num_training_cases=len(cases),
                               file_ending=".nii.gz", dataset_name=dataset_name or output.name,
                               description="CTA (channel 0) and NCCT rigidly registered to the CTA (channel 1)",
                               channel_roles=CHANNEL_ROLES, crop_box_mm=list(box_mm) if box_mm is not None else None,

@@ -60,7 +60,8 @@ def _from_folder(root: Path, roles: Sequence[str], optional: Sequence[str]) -> d
                 raise UserError(f"case '{case}': {folder_of(role)}/ holds both {files[role][case].name} and "
                                 f"{entry.name}; keep one file per case")
             files[role][case] = entry
-    cases = sorted(set().union(*(set(f) for f in files.values())) if files else set())
+    present = [r for r in present if r not in optional or files.get(r)]  # an empty optional folder: absent
+    cases = sorted(set().union(*(set(files.get(r, {})) for r in present)) if present else set())
     return {case: {r: files.get(r, {}).get(case, root / folder_of(r) / f"{case}.nii.gz") if r in present else None
                    for r in roles} for case in cases}
 

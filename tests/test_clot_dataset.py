@@ -1,5 +1,6 @@
 """`nnunet-ssl clot-dataset`: NCCT registered rigidly to the CTA, two-channel raw dataset."""
 import hashlib
+import json
 
 import numpy as np
 import pytest
@@ -48,7 +49,6 @@ def _digest(folder):
 
 def test_registration_recovers_the_known_motion_and_nnunet_accepts_the_dataset(inputs, tmp_path):
     from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
-    from nnunetv2.utilities.label_handling.label_handling import LabelManager  # noqa: F401 (nnU-Net present)
 
     before = _digest(inputs)
     out = tmp_path / "Dataset620_Clot"
@@ -66,7 +66,6 @@ def test_registration_recovers_the_known_motion_and_nnunet_accepts_the_dataset(i
         assert np.array_equal(sitk.GetArrayFromImage(cta), sitk.GetArrayFromImage(source))
         assert (out / "qc" / f"{case}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     verify_dataset_integrity(str(out), num_processes=1)
-    import json
     dj = json.loads((out / "dataset.json").read_text())
     assert dj["channel_names"] == {"0": "CT", "1": "CT"} and dj["labels"] == {"background": 0, "clot": 1}
 
