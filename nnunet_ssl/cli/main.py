@@ -24,6 +24,8 @@ COMMANDS = {
     "ensemble": "ensemble",
     "preprocess-ct": "preprocess_ct",
     "add-scalars": "add_scalars",
+    "clot-dataset": "clot_dataset",
+    "ctp-dataset": "ctp_dataset",
 }
 
 
