@@ -29,19 +29,18 @@ from __future__ import annotations
 import csv
 import json
 import math
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 from nnunet_ssl.errors import UserError
+from nnunet_ssl.raw_dataset import check_output, partial_folder
 
 SCALAR_NORMALIZATION = "noNorm"
 VALUES_FILE = "scalar_channels.csv"
 # file endings SimpleITK reads and writes with their geometry (nnU-Net's SimpleITKIO, plus plain .nii)
 SITK_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".gipl")
-_DATASET_NAME = re.compile(r"Dataset(\d{3})_[A-Za-z0-9_-]+")
 
 
 @dataclass
@@ -161,10 +160,6 @@ def scalar_value(text: str, case: str, column: str, value_range: Optional[tuple[
     return (value - lo) / (hi - lo)
 
 
-def _inside(a: Path, b: Path) -> bool:
-    return a == b or b in a.parents
-
-
 def _dataset_cases(folder: Path, dataset_json: dict) -> dict[str, tuple[str, list[Path]]]:
     """case -> (images folder name, channel files in order), for imagesTr and imagesTs."""
     from nnunetv2.utilities.utils import get_identifiers_from_splitted_dataset_folder
@@ -208,24 +203,6 @@ def _read_dataset_json(folder: Path) -> dict:
         raise UserError(f"file ending '{data['file_ending']}' is not supported; images must be one of "
                         f"{', '.join(SITK_ENDINGS)} (read and written with SimpleITK)")
     return data
-
-
-def _check_output(input_folder: Path, output: Path, overwrite: bool) -> None:
-    from nnunet_ssl.ct.folders import check_dataset_id, writable_folder
-
-    if _inside(output, input_folder) or _inside(input_folder, output):
-        raise UserError(f"the output {output} and the input {input_folder} overlap; write the new dataset "
-                        "elsewhere (the input is never modified)")
-    if output.exists() and not output.is_dir():
-        raise UserError(f"{output} is a file, not a dataset folder; move it away or choose another output")
-    if output.exists() and not overwrite:
-        raise UserError(f"{output} exists; pass --overwrite to replace it, or choose another output")
-    writable_folder(output.parent, "output's parent folder")
-    match = _DATASET_NAME.fullmatch(output.name)
-    if match:
-        check_dataset_id(output.parent, int(match.group(1)), output.name)
-    else:
-        print(f"Note: {output.name} is not named DatasetXXX_Name; nnU-Net finds raw datasets by that name")
 
 
 def _write_case(files: list[Path], out_folder: Path, case: str, ending: str, first_index: int,
@@ -311,16 +288,13 @@ def add_scalar_channels(input_folder: Path | str, csv_path: Path | str, output_f
     values = {case: {col: scalar_value(table.rows[case][col], case, col, ranges.get(col)) for col in table.columns}
               for case in cases}
     unused = sorted(set(table.rows) - set(cases))
-    _check_output(input_folder, output, overwrite)
+    check_output(output, [input_folder], overwrite)
 
     ending = dataset_json["file_ending"]
     first = len(dataset_json["channel_names"])
     channels = {first + k: col for k, col in enumerate(table.columns)}
-    work = output.parent / f".{output.name}.partial"
-    if work.exists():
-        shutil.rmtree(work)  # left by an interrupted run
-    try:
-        shutil.copytree(input_folder, work)
+    with partial_folder(output) as work:
+        shutil.copytree(input_folder, work, dirs_exist_ok=True)
         for case, (subset, files) in tqdm(cases.items(), desc="add-scalars", unit="case", disable=not progress):
             _write_case(files, work / subset, case, ending, first, list(values[case].values()), whole_image)
         new_json = dict(dataset_json)
@@ -337,10 +311,4 @@ def add_scalar_channels(input_folder: Path | str, csv_path: Path | str, output_f
             writer.writerow(["case", "subset"] + table.columns)
             for case, (subset, _) in cases.items():
                 writer.writerow([case, subset] + [repr(values[case][c]) for c in table.columns])
-        if output.exists():
-            shutil.rmtree(output)
-        work.rename(output)
-    finally:
-        if work.exists():
-            shutil.rmtree(work)
     return ScalarSummary(output, channels, values, unused)
