@@ -65,6 +65,20 @@ def ssl_metadata(settings: dict, configuration_manager, num_input_channels: int,
     }
 
 
+def save_trainer_checkpoint(trainer, filename: str | os.PathLike) -> None:
+    """nnU-Net's checkpoint rules for an SSL trainer's ``checkpoint_dict()``, written with :func:`save_atomic`.
+
+    As nnU-Net's ``save_checkpoint``: only rank 0 writes, and nothing is written (with a line in
+    the log) when the trainer's checkpointing is disabled.
+    """
+    if trainer.local_rank != 0:
+        return
+    if trainer.disable_checkpointing:
+        trainer.print_to_log_file("No checkpoint written, checkpointing is disabled")
+        return
+    save_atomic(trainer.checkpoint_dict(), filename)
+
+
 def save_atomic(obj: Any, filename: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename over ``filename``.
 

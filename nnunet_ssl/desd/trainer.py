@@ -55,7 +55,7 @@ from nnunetv2.utilities.label_handling.label_handling import determine_num_input
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from nnunet_ssl.checkpoint import save_atomic, ssl_metadata, strip_wrapper_prefixes
+from nnunet_ssl.checkpoint import save_trainer_checkpoint, ssl_metadata, strip_wrapper_prefixes
 from nnunet_ssl.desd.loss import desd_loss
 from nnunet_ssl.desd.model import DeSDNetwork
 from nnunet_ssl.desd.monitor import CollapseError, collapse_advice, collapse_reason, teacher_rankme
@@ -357,12 +357,7 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
         }
 
     def save_checkpoint(self, filename: str) -> None:
-        if self.local_rank != 0:
-            return
-        if self.disable_checkpointing:
-            self.print_to_log_file("No checkpoint written, checkpointing is disabled")
-            return
-        save_atomic(self.checkpoint_dict(), filename)
+        save_trainer_checkpoint(self, filename)
 
     def load_checkpoint(self, filename_or_checkpoint: Union[dict, str]) -> None:
         if not self.was_initialized:

@@ -45,7 +45,7 @@ from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast
 
-from nnunet_ssl.checkpoint import nnssl_adaptation_plan, save_atomic, ssl_metadata
+from nnunet_ssl.checkpoint import nnssl_adaptation_plan, save_trainer_checkpoint, ssl_metadata
 from nnunet_ssl.finetune.freezing import unwrap
 from nnunet_ssl.ssl.restoration import masked_mse, reconstruction_score
 from nnunet_ssl.ssl.settings import PretextSettings
@@ -178,12 +178,7 @@ class nnUNetTrainerPretext(nnUNetTrainer):
         }
 
     def save_checkpoint(self, filename: str) -> None:
-        if self.local_rank != 0:
-            return
-        if self.disable_checkpointing:
-            self.print_to_log_file("No checkpoint written, checkpointing is disabled")
-            return
-        save_atomic(self.checkpoint_dict(), filename)
+        save_trainer_checkpoint(self, filename)
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         self.print_to_log_file(f"{self.__class__.__name__} pretraining: no segmentation validation to run.")
