@@ -9,7 +9,7 @@ HELP = ("Register each case's NCCT rigidly to its CTA, resample it onto the CTA 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from nnunet_ssl.raw_dataset import add_raw_dataset_arguments
+    from nnunet_ssl.cli.raw_options import add_raw_dataset_arguments
 
     parser.add_argument("input", metavar="INPUT",
                         help="folder with cta/, ncct/ and labels/ sub-folders (CASE.nii.gz, .nrrd, .npy ...), "
@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nnunet_ssl.raw_dataset import npy_spacing
+    from nnunet_ssl.cli.raw_options import npy_spacing
     from nnunet_ssl.clot_dataset import QC_FOLDER, write_clot_dataset
 
     summary = write_clot_dataset(args.input, args.output, args.box_mm, npy_spacing(args), overwrite=args.overwrite,

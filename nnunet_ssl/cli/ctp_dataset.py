@@ -8,7 +8,7 @@ HELP = ("Write a multi-channel nnU-Net raw dataset from per-case perfusion maps 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from nnunet_ssl.raw_dataset import add_raw_dataset_arguments
+    from nnunet_ssl.cli.raw_options import add_raw_dataset_arguments
 
     parser.add_argument("input", metavar="INPUT",
                         help="folder with CBF/, CBV/, TTP/, Tmax/, optionally MIP/, and labels/ sub-folders "
@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from nnunet_ssl.raw_dataset import npy_spacing
+    from nnunet_ssl.cli.raw_options import npy_spacing
     from nnunet_ssl.ctp_dataset import write_ctp_dataset
 
     summary = write_ctp_dataset(args.input, args.output, regions=args.regions, npy_spacing=npy_spacing(args),
