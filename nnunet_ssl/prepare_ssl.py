@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import os
 import re
-import shutil
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -132,11 +131,6 @@ def parse_inputs(inputs: Sequence[str]) -> list[tuple[str, Path]]:
         raise UserError(f"two input folders give the source name '{dup[0]}'; name them with NAME=DIR "
                         "(e.g. -i centre1=/data/a/ct centre2=/data/b/ct)")
     return parsed
-
-
-def _inside(a: Path, b: Path) -> bool:
-    a, b = a.resolve(), b.resolve()
-    return a == b or b in a.parents
 
 
 def collect_tasks(inputs: Sequence[tuple[str, Path]], mask_folders: Sequence[Path], folder: Path
@@ -326,27 +320,14 @@ def prepare_ssl_dataset(inputs: Sequence[str], dataset_id: int, name: str, raw_f
     folder = raw_folder / folder_name
     sources = parse_inputs(inputs)
     mask_folders = [Path(m) for m in masks]
-    for _, path in sources + [("masks", m) for m in mask_folders]:
-        if _inside(folder, path) or _inside(path, folder):
-            raise UserError(f"the dataset folder {folder} and the input {path} overlap; write the dataset "
-                            "elsewhere (inputs are never modified)")
-    from nnunet_ssl.ct.folders import check_dataset_id, writable_folder
+    from nnunet_ssl.raw_dataset import check_output, partial_folder
 
-    if folder.exists() and not folder.is_dir():
-        raise UserError(f"{folder} is a file, not a dataset folder; move it away, or choose another id or name")
-    if folder.exists() and not force:
-        raise UserError(f"{folder} exists; pass --force to replace it, or choose another id or name")
-    writable_folder(raw_folder, "raw datasets folder")
-    check_dataset_id(raw_folder, int(dataset_id), folder_name)
-
+    check_output(folder, [path for _, path in sources] + mask_folders, force, flag="--force")
     work = raw_folder / f".{folder_name}.partial"
-    if work.exists():
-        shutil.rmtree(work)  # left over by an interrupted run
     tasks, unused_masks = collect_tasks(sources, mask_folders, work)
     if unused_masks:
         print(f"{len(unused_masks)} mask(s) match no input case, e.g. '{unused_masks[0]}'")
-    work.mkdir()
-    try:
+    with partial_folder(folder) as work:
         results = _run_tasks(tasks, options, jobs, progress)
         included = [r for r in results if r.status == "included"]
         if not included:
@@ -360,10 +341,4 @@ def prepare_ssl_dataset(inputs: Sequence[str], dataset_id: int, name: str, raw_f
                                           "brain masks so that nnU-Net's intensity statistics come from the brain.")
         write_csv(work / MANIFEST_NAME, [asdict(r) for r in included], MANIFEST_COLUMNS)
         write_csv(work / REPORT_NAME, [asdict(r) for r in results], REPORT_COLUMNS)
-        if folder.exists():
-            shutil.rmtree(folder)
-        work.rename(folder)
-    finally:
-        if work.exists():
-            shutil.rmtree(work)
     return PrepareSummary(folder, results)

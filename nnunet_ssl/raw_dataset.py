@@ -200,21 +200,23 @@ def label_image(label: sitk.Image, allowed: Sequence[int], case: str, path: Path
     return sitk.Cast(label, sitk.sitkUInt8)
 
 
-def check_output(output: Path, inputs: Sequence[Path], overwrite: bool) -> None:
-    """Refuse an output that overlaps an input, is a file, or exists without ``overwrite``.
+def check_output(output: Path, inputs: Sequence[Path], overwrite: bool, flag: str = "--overwrite") -> None:
+    """Refuse an output that overlaps an input, is a file, or exists without ``overwrite`` (the command's ``flag``).
 
     Also refuses a ``DatasetXXX_Name`` whose id another dataset uses (nnU-Net finds datasets by id).
     """
     from nnunet_ssl.ct.folders import check_dataset_id, writable_folder
 
+    resolved = Path(output).resolve()
     for source in inputs:
-        if output == source or output in source.parents or source in output.parents:
+        source = Path(source).resolve()
+        if resolved == source or resolved in source.parents or source in resolved.parents:
             raise UserError(f"the output {output} and the input {source} overlap; write the new dataset "
                             "elsewhere (the inputs are never modified)")
     if output.exists() and not output.is_dir():
         raise UserError(f"{output} is a file, not a dataset folder; move it away or choose another output")
     if output.exists() and not overwrite:
-        raise UserError(f"{output} exists; pass --overwrite to replace it, or choose another output")
+        raise UserError(f"{output} exists; pass {flag} to replace it, or choose another output")
     writable_folder(output.parent, "output's parent folder")
     match = _DATASET_NAME.fullmatch(output.name)
     if match:
