@@ -240,10 +240,31 @@ def test_finetuning_strategies_keep_their_schedule_with_the_focal_tversky_loss(n
     assert gradual.unfreeze_epochs(4) == [7, 5, 3, 1]
 
 
+SHORT_PRESET = '''
+import torch
+from nnunet_ssl.losses.trainers import nnUNetTrainerFocalTversky
+
+
+class nnUNetTrainerFocalTversky_Demo(nnUNetTrainerFocalTversky):
+    """1 epoch of 2 iterations; nnU-Net's final validation (loss-independent) skipped."""
+
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 1, 2, 1
+
+    def perform_actual_validation(self, save_probabilities=False):
+        self.print_to_log_file("final validation skipped")
+'''
+
+
 @pytest.mark.slow
-def test_stock_nnunet_train_with_the_focal_tversky_trainer(nnunet_env):
+def test_stock_nnunet_train_with_the_focal_tversky_trainer(nnunet_env, tmp_path):
     """nnUNetv2_train finds the trainer and trains an epoch of two iterations with the loss."""
-    env = nnunet_env["env"]
+    # a short preset of the trainer, found by nnU-Net's lookup in a folder of its own
+    presets = tmp_path / "trainers"
+    presets.mkdir()
+    (presets / "short_focal_tversky.py").write_text(SHORT_PRESET, encoding="utf-8")
+    env = dict(nnunet_env["env"], nnUNet_extTrainer=str(presets))
     run_command([bin_path("nnUNetv2_train"), "501", "3d_fullres", "0", "-tr", "nnUNetTrainerFocalTversky_Demo",
                  "-device", "cpu"], env)
     out = (nnunet_env["root"] / "results" / "Dataset501_Tiny"

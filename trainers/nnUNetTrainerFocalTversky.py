@@ -6,7 +6,6 @@ exposes them to nnU-Net's trainer lookup. See ``docs/multi-input.md``.
 from nnunet_ssl.losses.trainers import (  # noqa: F401
     nnUNetTrainerEncoderLRFocalTversky,
     nnUNetTrainerFocalTversky,
-    nnUNetTrainerFocalTversky_Demo,
     nnUNetTrainerFrozenEncoderFocalTversky,
     nnUNetTrainerGradualUnfreezeFocalTversky,
     nnUNetTrainerUnfreezeAtNFocalTversky,
@@ -14,7 +13,7 @@ from nnunet_ssl.losses.trainers import (  # noqa: F401
 )
 
 __all__ = [
-    "nnUNetTrainerEncoderLRFocalTversky", "nnUNetTrainerFocalTversky", "nnUNetTrainerFocalTversky_Demo",
+    "nnUNetTrainerEncoderLRFocalTversky", "nnUNetTrainerFocalTversky",
     "nnUNetTrainerFrozenEncoderFocalTversky", "nnUNetTrainerGradualUnfreezeFocalTversky",
     "nnUNetTrainerUnfreezeAtNFocalTversky", "nnUNetTrainerWarmupFocalTversky",
 ]

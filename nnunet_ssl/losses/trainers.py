@@ -57,24 +57,6 @@ class nnUNetTrainerFocalTversky(FocalTverskyMixin, nnUNetTrainer):
     """nnU-Net's trainer with the focal Tversky loss."""
 
 
-class nnUNetTrainerFocalTversky_Demo(nnUNetTrainerFocalTversky):
-    """Demo and test preset only: 1 epoch of 2 iterations (1 validation iteration), no final validation.
-
-    The final prediction of the fold's validation cases is nnU-Net's own and
-    does not depend on the loss; on a CPU it takes longer than the training.
-    """
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 1
-        self.num_iterations_per_epoch = 2
-        self.num_val_iterations_per_epoch = 1
-
-    def perform_actual_validation(self, save_probabilities: bool = False):
-        self.print_to_log_file(f"{type(self).__name__}: final validation skipped (demo preset)")
-
-
 # ---------------------------------------------------------------- fine-tuning strategies
 class nnUNetTrainerFrozenEncoderFocalTversky(FocalTverskyMixin, nnUNetTrainerFrozenEncoder):
     """Encoder frozen for the whole run, focal Tversky loss."""
@@ -97,4 +79,4 @@ class nnUNetTrainerEncoderLRFocalTversky(FocalTverskyMixin, nnUNetTrainerEncoder
 
 
 __all__ = ["FocalTverskyMixin"] + [name for name in dir() if name.startswith("nnUNetTrainer")
-                                   and name.endswith(("FocalTversky", "FocalTversky_Demo"))]
+                                   and name.endswith("FocalTversky")]
