@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nnunet_ssl.desd.heads import ProjectionHead, global_average_pool
+from nnunet_ssl.ssl.contrastive import momentum_update
 
 
 class Student(nn.Module):
@@ -170,4 +171,4 @@ def ema_update(teacher_params: Sequence[torch.Tensor], student_params: Sequence[
     """
     if len(teacher_params) != len(student_params):
         raise ValueError("teacher and student parameter lists differ in length")
-    torch._foreach_lerp_(list(teacher_params), [p.detach() for p in student_params], 1.0 - momentum)
+    momentum_update(teacher_params, student_params, momentum)

@@ -134,8 +134,8 @@ def make_optimizer(module: torch.nn.Module) -> torch.optim.AdamW:
 def clip_per_parameter_(params: Sequence[torch.Tensor], max_norm: float) -> None:
     """DINO's ``clip_gradients``: scale each gradient whose norm exceeds ``max_norm`` down to it.
 
-    All norms are computed in one foreach call and read back at once (the step reads its
-    loss back anyway); only the gradients above the bound are scaled.
+    Every gradient is multiplied by ``min(1, max_norm / (norm + 1e-6))``, computed on the
+    device (nothing is read back to the host).
 
     Example:
         >>> p = torch.zeros(2, requires_grad=True); p.grad = torch.tensor([3.0, 4.0])
@@ -145,7 +145,7 @@ def clip_per_parameter_(params: Sequence[torch.Tensor], max_norm: float) -> None
     grads = [p.grad for p in params if p.grad is not None]
     if not grads or max_norm <= 0:
         return
-    coefs = (max_norm / (torch.stack(torch._foreach_norm(grads)).float() + 1e-6)).tolist()
-    clipped = [(g, c) for g, c in zip(grads, coefs) if c < 1.0]
-    if clipped:
-        torch._foreach_mul_([g for g, _ in clipped], [c for _, c in clipped])
+    norms = torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])
+    coefs = (max_norm / (norms + 1e-6)).clamp(max=1.0)
+    for g, c in zip(grads, coefs):
+        g.mul_(c.to(g.dtype))
