@@ -48,10 +48,17 @@ from torch import autocast
 from nnunet_ssl.checkpoint import nnssl_adaptation_plan, save_trainer_checkpoint, ssl_metadata
 from nnunet_ssl.finetune.freezing import unwrap
 from nnunet_ssl.ssl.restoration import masked_mse, reconstruction_score
-from nnunet_ssl.ssl.settings import PretextSettings
+from nnunet_ssl.ssl.contrastive import PooledHeadNetwork, projection_head, two_views
+from nnunet_ssl.ssl.settings import ContrastiveSettings, PretextSettings
 
 PRETEXT_FORMAT = "nnunet_ssl.pretext/1"
 VALIDATION_SEED = 12345  # the same corruptions every validation epoch: the scores compare across epochs
+
+
+def accuracy(outputs: dict) -> float:
+    """``sum(correct) / sum(count)`` over the validation batches (NaN without any)."""
+    count = float(np.sum(outputs["count"]))
+    return float(np.sum(outputs["correct"]) / count) if count else float("nan")
 
 
 class nnUNetTrainerPretext(nnUNetTrainer):
@@ -103,18 +110,26 @@ class nnUNetTrainerPretext(nnUNetTrainer):
         """Higher is better; ``outputs`` maps ``loss`` and each statistic to an array over the batches."""
         raise NotImplementedError
 
+    def after_train_step(self, targets: dict) -> None:
+        """Called after every optimiser step with the step's targets (a momentum encoder's update, a queue)."""
+
+    def autocast(self):
+        """nnU-Net's mixed precision: autocast on CUDA, nothing elsewhere."""
+        return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
+
     # ------------------------------------------------------------- steps
     def _forward_loss(self, batch: dict, generator: torch.Generator):
         data = batch["data"].to(self.device, non_blocking=True)
         with torch.no_grad():
             inputs, targets = self.pretext_batch(data, generator)
-        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+        with self.autocast():
             output = self.network(inputs)
-            return self.pretext_loss(output, targets)
+            loss, stats = self.pretext_loss(output, targets)
+        return loss, stats, targets
 
     def train_step(self, batch: dict) -> dict:
         self.optimizer.zero_grad(set_to_none=True)
-        loss, _ = self._forward_loss(batch, self._train_generator)
+        loss, _, targets = self._forward_loss(batch, self._train_generator)
         # as nnU-Net's train_step: scaled backward on CUDA, gradient clipping at 12
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
@@ -126,6 +141,7 @@ class nnUNetTrainerPretext(nnUNetTrainer):
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), 12)
             self.optimizer.step()
+        self.after_train_step(targets)
         return {"loss": loss.detach().cpu().numpy()}
 
     def on_validation_epoch_start(self):
@@ -134,7 +150,7 @@ class nnUNetTrainerPretext(nnUNetTrainer):
 
     def validation_step(self, batch: dict) -> dict:
         with torch.no_grad():
-            loss, stats = self._forward_loss(batch, self._val_generator)
+            loss, stats, _ = self._forward_loss(batch, self._val_generator)
         return {"loss": loss.detach().cpu().numpy(), **{k: v.detach().cpu().numpy() for k, v in stats.items()}}
 
     def on_validation_epoch_end(self, val_outputs: List[dict]):
@@ -213,3 +229,38 @@ class nnUNetTrainerRestoration(nnUNetTrainerPretext):
     def validation_score(self, outputs: dict) -> float:
         return reconstruction_score(outputs["loss"], outputs["baseline"])
 
+
+
+class nnUNetTrainerContrastive(nnUNetTrainerPretext):
+    """Two views of every patch, embedded by a projection head on the pooled bottleneck.
+
+    The network is :class:`~nnunet_ssl.ssl.contrastive.PooledHeadNetwork` (a method may wrap
+    it differently: :meth:`wrap_network`): the U-Net's keys (the decoder kept, never trained)
+    plus ``head.*``, SimCLR's two-layer MLP of the ``hidden_dim`` and ``projection_dim``
+    settings. A method's statistics ``correct`` and ``count`` give the validation score:
+    the share of samples whose positive scores above every negative.
+    """
+
+    settings_class: type[ContrastiveSettings] = ContrastiveSettings
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True):
+        unet = nnUNetTrainer.build_network_architecture(plans_manager, configuration_manager, num_input_channels,
+                                                        num_input_channels, False)
+        settings = cls.settings_class.from_configuration(configuration_manager.configuration)
+        head = projection_head(unet.encoder.output_channels[-1], settings.hidden_dim, settings.projection_dim)
+        return cls.wrap_network(unet, head, settings)
+
+    @classmethod
+    def wrap_network(cls, unet, head, settings) -> torch.nn.Module:
+        return PooledHeadNetwork(unet, head)
+
+    def _build_loss(self):
+        return None  # the methods' losses are functions of their outputs (nnunet_ssl.ssl.contrastive)
+
+    def views(self, data: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return two_views(data, generator, **self.ssl_settings.view_settings())
+
+    def validation_score(self, outputs: dict) -> float:
+        return accuracy(outputs)

@@ -46,6 +46,24 @@ def open_fraction(value) -> float:
     return float(value)
 
 
+def positive_float(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise BadSetting("a positive number")
+    return float(value)
+
+
+def non_negative_float(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise BadSetting("a number of at least 0")
+    return float(value)
+
+
+def open_or_one(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise BadSetting("a number above 0 and at most 1")
+    return float(value)
+
+
 def boolean(value) -> bool:
     if not isinstance(value, bool):
         raise BadSetting("true or false")
@@ -112,3 +130,30 @@ class PretextSettings:
 
     def to_dict(self) -> dict:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class ContrastiveSettings(PretextSettings):
+    """What the contrastive methods share: the two views of each patch, the projection head, the temperature.
+
+    The views (:func:`nnunet_ssl.ssl.contrastive.random_view`) are drawn from nnU-Net's augmented patch:
+    a random box of ``min_scale`` to 1 of each edge resized back to the patch, random flips, an
+    intensity scale and shift of up to ``intensity`` and Gaussian noise of up to ``noise`` (in the
+    units of the normalised image).
+    """
+
+    PARSERS: ClassVar[dict] = {"temperature": positive_float, "projection_dim": positive_int,
+                               "hidden_dim": positive_int, "min_scale": open_or_one, "flip": boolean,
+                               "intensity": non_negative_float, "noise": non_negative_float}
+
+    temperature: float = 0.1  # SimCLR's
+    projection_dim: int = 128
+    hidden_dim: int = 512
+    min_scale: float = 0.6
+    flip: bool = True
+    intensity: float = 0.1
+    noise: float = 0.1
+
+    def view_settings(self) -> dict:
+        """The keyword arguments of :func:`~nnunet_ssl.ssl.contrastive.two_views`."""
+        return {"min_scale": self.min_scale, "flip": self.flip, "intensity": self.intensity, "noise": self.noise}

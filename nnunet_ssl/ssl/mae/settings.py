@@ -10,8 +10,11 @@ the plans configuration that is trained; names left out take the defaults below:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar, Optional
+
+import numpy as np
 
 from nnunet_ssl.ssl.settings import PretextSettings, boolean, open_fraction, sizes
 
@@ -40,34 +43,36 @@ class MAESettings(PretextSettings):
     norm_pix_loss: bool = False
 
     def block_for(self, patch_size, strides) -> tuple[int, ...]:
-        """The block size per axis for a patch and the encoder's per-stage strides.
-
-        The default is ``gcd(8, total stride)`` per axis; a single given number is used on every axis.
-
-        Raises:
-            ValueError: a block of the wrong number of axes, or one that does not tile the patch.
+        """The block size per axis for a patch and the encoder's per-stage strides (:func:`mask_block_for`).
 
         Example:
             >>> MAESettings().block_for([32, 64, 64], [[1, 1, 1], [1, 2, 2], [2, 2, 2], [2, 2, 2]])
             (4, 8, 8)
         """
-        import math
+        return mask_block_for(self.block_size, patch_size, strides, self.BLOCK)
 
-        import numpy as np
 
-        ndim = len(patch_size)
-        if self.block_size is None:
-            total = np.prod(np.array(strides, dtype=int).reshape(len(strides), -1), axis=0)
-            total = np.broadcast_to(total, (ndim,))
-            block = tuple(math.gcd(DEFAULT_MAX_BLOCK, int(t)) for t in total)
-        elif len(self.block_size) == 1:
-            block = self.block_size * ndim
-        else:
-            block = self.block_size
-        if len(block) != ndim:
-            raise ValueError(f"{BLOCK_KEY} block_size {list(block)} has {len(block)} axes, the patch "
-                             f"{list(patch_size)} {ndim}")
-        if any(int(p) % b for p, b in zip(patch_size, block)):
-            raise ValueError(f"{BLOCK_KEY} block_size {list(block)} does not tile the patch size "
-                             f"{list(patch_size)}; choose divisors of the patch size")
-        return block
+def mask_block_for(block_size: Optional[tuple[int, ...]], patch_size, strides, block_name: str) -> tuple[int, ...]:
+    """The mask's block size per axis: ``block_size`` (one number: every axis) or, for ``None``,
+    ``gcd(8, total stride)`` per axis.
+
+    Raises:
+        ValueError: a block of the wrong number of axes, or one that does not tile the patch (the
+            message names the setting ``block_name``'s ``block_size``).
+    """
+    ndim = len(patch_size)
+    if block_size is None:
+        total = np.prod(np.array(strides, dtype=int).reshape(len(strides), -1), axis=0)
+        total = np.broadcast_to(total, (ndim,))
+        block = tuple(math.gcd(DEFAULT_MAX_BLOCK, int(t)) for t in total)
+    elif len(block_size) == 1:
+        block = tuple(block_size) * ndim
+    else:
+        block = tuple(block_size)
+    if len(block) != ndim:
+        raise ValueError(f"{block_name} block_size {list(block)} has {len(block)} axes, the patch "
+                         f"{list(patch_size)} {ndim}")
+    if any(int(p) % b for p, b in zip(patch_size, block)):
+        raise ValueError(f"{block_name} block_size {list(block)} does not tile the patch size "
+                         f"{list(patch_size)}; choose divisors of the patch size")
+    return block

@@ -12,6 +12,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from nnunet_ssl.ssl.contrastive import PooledHeadNetwork
+
 ANGLES = (0, 90, 180, 270)
 
 
@@ -62,29 +64,9 @@ def square_crop(x: torch.Tensor, plane: Sequence[int]) -> torch.Tensor:
     return x[tuple(index)]
 
 
-class RotationNetwork(nn.Module):
-    """nnU-Net's U-Net with a linear head on its average-pooled bottleneck; state-dict keys: the U-Net's
-    and ``head.*``.
-
-    The decoder is kept (never trained, its own parameters frozen) so that the
-    checkpoint holds every key of the U-Net: stock ``-pretrained_weights`` loads it
-    and ignores the head, which the target network does not have.
-    """
+class RotationNetwork(PooledHeadNetwork):
+    """nnU-Net's U-Net with a linear head (``head.*``) on its average-pooled bottleneck; the decoder is
+    kept untrained (:class:`~nnunet_ssl.ssl.contrastive.PooledHeadNetwork`)."""
 
     def __init__(self, unet: nn.Module, n_classes: int = len(ANGLES)):
-        super().__init__()
-        self.encoder = unet.encoder
-        self.decoder = unet.decoder
-        for name in ("key_to_encoder", "key_to_stem", "keys_to_in_proj"):
-            if hasattr(unet, name):
-                setattr(self, name, getattr(unet, name))
-        self.head = nn.Linear(unet.encoder.output_channels[-1], n_classes)
-        encoder_parameters = {id(p) for p in self.encoder.parameters()}
-        for p in self.decoder.parameters():
-            if id(p) not in encoder_parameters:
-                p.requires_grad_(False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.encoder(x)
-        bottleneck = features[-1] if isinstance(features, (list, tuple)) else features
-        return self.head(bottleneck.flatten(2).mean(dim=2))  # global average pooling
+        super().__init__(unet, nn.Linear(unet.encoder.output_channels[-1], n_classes))

@@ -27,7 +27,7 @@ import torch
 from nnunetv2.training.data_augmentation.compute_initial_patch_size import get_patch_size
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_ssl.ssl.base import nnUNetTrainerPretext
+from nnunet_ssl.ssl.base import accuracy, nnUNetTrainerPretext
 from nnunet_ssl.ssl.rotation.rotation import ANGLES, RotationNetwork, rotate, square_crop
 from nnunet_ssl.ssl.rotation.settings import RotationSettings
 
@@ -88,5 +88,4 @@ class nnUNetTrainerRotation(nnUNetTrainerPretext):
         return loss, {"correct": correct, "count": torch.tensor(labels.numel())}
 
     def validation_score(self, outputs: dict) -> float:
-        count = float(np.sum(outputs["count"]))
-        return float(np.sum(outputs["correct"]) / count) if count else float("nan")
+        return accuracy(outputs)
