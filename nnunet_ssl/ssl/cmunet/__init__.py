@@ -1,0 +1,1 @@
+"""CM-UNet (contrastive + masked) pretraining; the trainer is in :mod:`.trainer`."""

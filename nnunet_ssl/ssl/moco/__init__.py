@@ -1,0 +1,1 @@
+"""MoCo v2 pretraining; the trainer is in :mod:`.trainer`."""

@@ -1,0 +1,1 @@
+"""SimCLR pretraining; the trainer is in :mod:`.trainer`."""
