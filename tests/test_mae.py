@@ -4,7 +4,6 @@ import json
 import pytest
 import torch
 
-from conftest import bin_path, run_command
 from nnunet_ssl.ssl.mae.masking import block_mask, masked_reconstruction_loss, normalise_blocks
 from nnunet_ssl.ssl.mae.settings import MAESettings
 
@@ -132,53 +131,6 @@ def test_train_steps_lower_the_masked_loss_on_a_fixed_batch(nnunet_env):
     assert float(out["baseline"]) == pytest.approx((smooth[mask] ** 2).mean().item(), rel=1e-5)
     trainer.on_validation_epoch_end([out, out])
     assert trainer.logger.get_value("mean_fg_dice", step=-1) == pytest.approx(1 - out["loss"] / out["baseline"])
-
-
-@pytest.mark.slow
-def test_pretraining_and_stock_finetuning_from_its_checkpoint(planned):
-    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
-    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-
-    root, env = planned["root"], planned["env"]
-    plans, dataset_json = _plans_and_json(root)
-    # a plans copy of its own (same preprocessed data): the shared plans stay as other tests expect them
-    plans["plans_name"] = "nnUNetPlansMAE"
-    cfg = plans["configurations"]["3d_fullres"]
-    cfg["ssl_mae"] = {"num_epochs": 1, "num_iterations_per_epoch": 3, "num_val_iterations_per_epoch": 2}
-    cfg["budget"] = {"num_epochs": 1, "num_iterations_per_epoch": 2, "num_val_iterations_per_epoch": 1,
-                     "final_validation": False}
-    (root / "preprocessed" / "Dataset501_Tiny" / "nnUNetPlansMAE.json").write_text(json.dumps(plans), encoding="utf-8")
-    run_command([bin_path("nnUNetv2_train"), "501", "3d_fullres", "all", "-tr", "nnUNetTrainerMAE",
-                 "-p", "nnUNetPlansMAE", "-device", "cpu"], env)
-    out = root / "results" / "Dataset501_Tiny" / "nnUNetTrainerMAE__nnUNetPlansMAE__3d_fullres" / "fold_all"
-    checkpoint = out / "checkpoint_final.pth"
-    assert checkpoint.is_file() and (out / "checkpoint_best.pth").is_file()
-    assert not list(out.glob("*.tmp"))
-    log = next(out.glob("training_log_*.txt")).read_text(encoding="utf-8")
-    assert "MAE: mask ratio 0.6" in log and "no segmentation validation" in log
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    assert saved["trainer_name"] == "nnUNetTrainerMAE"
-
-    # nnU-Net's loader takes every key but the output layer, whose channels differ
-    pm = PlansManager(plans)
-    segmentation = nnUNetTrainer.build_network_architecture(
-        pm, pm.get_configuration("3d_fullres"), 1, pm.get_label_manager(dataset_json).num_segmentation_heads, True)
-    fresh = {k: v.clone() for k, v in segmentation.state_dict().items()}
-    load_pretrained_weights(segmentation, str(checkpoint))
-    pretrained = saved["network_weights"]
-    for key, value in segmentation.state_dict().items():
-        if ".seg_layers." in key:
-            assert value.shape != pretrained[key].shape and torch.equal(value, fresh[key])
-        else:
-            assert torch.equal(value, pretrained[key]), key
-
-    # and stock fine-tuning starts from it
-    proc = run_command([bin_path("nnUNetv2_train"), "501", "3d_fullres", "all", "-tr", "nnUNetTrainerBudget",
-                        "-p", "nnUNetPlansMAE", "-device", "cpu", "-pretrained_weights", str(checkpoint)], env)
-    assert "Loading pretrained weights from file" in proc.stdout
-    tuned = root / "results" / "Dataset501_Tiny" / "nnUNetTrainerBudget__nnUNetPlansMAE__3d_fullres" / "fold_all"
-    assert (tuned / "checkpoint_final.pth").is_file()
 
 
 def test_loss_of_half_precision_predictions_is_computed_in_float32():

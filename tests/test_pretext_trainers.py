@@ -7,9 +7,18 @@ import torch
 
 from conftest import bin_path, run_command
 
-METHODS = {"nnUNetTrainerModelsGenesis": "ssl_genesis", "nnUNetTrainerInpainting": "ssl_inpainting",
-           "nnUNetTrainerRotation": "ssl_rotation"}
+METHODS = {"nnUNetTrainerMAE": "ssl_mae", "nnUNetTrainerModelsGenesis": "ssl_genesis", "nnUNetTrainerInpainting": "ssl_inpainting",
+           "nnUNetTrainerRotation": "ssl_rotation", "nnUNetTrainerSimCLR": "ssl_simclr",
+           "nnUNetTrainerMoCo": "ssl_moco", "nnUNetTrainerCMUNet": "ssl_cmunet"}
+# settings that keep the tests' runs small
+SETTINGS = {"nnUNetTrainerMoCo": {"queue_size": 16, "projection_dim": 16, "hidden_dim": 32},
+            "nnUNetTrainerSimCLR": {"projection_dim": 16, "hidden_dim": 32},
+            "nnUNetTrainerCMUNet": {"projection_dim": 16, "hidden_dim": 32}}
 RUN = {"num_epochs": 1, "num_iterations_per_epoch": 2, "num_val_iterations_per_epoch": 1}
+# the stock fine-tuning command runs for these two (one from the SSL checkpoint, one from the
+# transferred file); for the others its first step, nnU-Net's load_pretrained_weights, runs in this
+# process on the same files (to keep the suite's time)
+FINE_TUNED = {"nnUNetTrainerMAE", "nnUNetTrainerMoCo"}
 BUDGET = {**RUN, "final_validation": False}
 
 
@@ -25,7 +34,7 @@ def _write_plans(root, trainer: str) -> str:
     name = f"nnUNetPlans_{trainer}"
     plans["plans_name"] = name
     cfg = plans["configurations"]["3d_fullres"]
-    cfg[METHODS[trainer]] = dict(RUN)
+    cfg[METHODS[trainer]] = {**RUN, **SETTINGS.get(trainer, {})}
     cfg["budget"] = dict(BUDGET)
     (root / "preprocessed" / "Dataset501_Tiny" / f"{name}.json").write_text(json.dumps(plans), encoding="utf-8")
     return name
@@ -58,16 +67,36 @@ def test_pretraining_transfer_and_stock_finetuning(trainer, nnunet_env, tmp_path
     assert len(score) == 1 and math.isfinite(score[0])  # the method's validation score in the pseudo-Dice slot
     if trainer == "nnUNetTrainerRotation":
         assert 0 <= score[0] <= 1 and {"head.weight", "head.bias"} <= set(saved["network_weights"])
+    if trainer in ("nnUNetTrainerSimCLR", "nnUNetTrainerMoCo"):
+        assert 0 <= score[0] <= 1  # retrieval accuracy
+    if trainer == "nnUNetTrainerMoCo":
+        weights = saved["network_weights"]
+        # the queue and the key encoder are saved (resume); the key encoder moved towards the query encoder
+        batch = _plans_and_json(root)[0]["configurations"]["3d_fullres"]["batch_size"]
+        assert weights["queue.keys"].shape == (16, 16) and int(weights["queue.pointer"]) == 2 * batch % 16
+        key_encoder = [k for k in weights if k.startswith("momentum.encoder.")]
+        assert key_encoder and any(not torch.equal(weights[k], weights[k[len("momentum."):]]) for k in key_encoder)
+
+    if trainer == "nnUNetTrainerMAE":
+        assert "MAE: mask ratio 0.6" in text
 
     # stock -pretrained_weights takes the SSL checkpoint itself: every key but the output layer
     plans, dataset_json = _plans_and_json(root)
     pm = PlansManager(plans)
-    segmentation = nnUNetTrainer.build_network_architecture(
-        pm, pm.get_configuration("3d_fullres"), 1, pm.get_label_manager(dataset_json).num_segmentation_heads, True)
+
+    def segmentation_network():
+        torch.manual_seed(1)
+        return nnUNetTrainer.build_network_architecture(
+            pm, pm.get_configuration("3d_fullres"), 1, pm.get_label_manager(dataset_json).num_segmentation_heads, True)
+
+    segmentation = segmentation_network()
+    fresh = {k: v.clone() for k, v in segmentation.state_dict().items()}
     load_pretrained_weights(segmentation, str(checkpoint))
     pretrained = saved["network_weights"]
     for key, value in segmentation.state_dict().items():
-        if ".seg_layers." not in key:
+        if ".seg_layers." in key:  # the output layer, whose channels differ, stays nnU-Net's own
+            assert torch.equal(value, fresh[key]), key
+        else:
             assert torch.equal(value, pretrained[key]), key
 
     # nnunet-ssl-transfer takes its encoder into a freshly initialised network
@@ -78,12 +107,18 @@ def test_pretraining_transfer_and_stock_finetuning(trainer, nnunet_env, tmp_path
     assert meta["source_format"] == PRETEXT_FORMAT and meta["ssl_settings"] == saved["ssl"]["settings"]
     encoder = [k for k in transferred["network_weights"] if k.startswith("encoder.")]
     assert encoder and all(torch.equal(transferred["network_weights"][k], pretrained[k]) for k in encoder)
+    tuned_start = segmentation_network()
+    load_pretrained_weights(tuned_start, str(weights))
+    assert all(torch.equal(tuned_start.state_dict()[k], pretrained[k]) for k in encoder)
 
-    proc = run_command([bin_path("nnUNetv2_train"), "501", "3d_fullres", "0", "-tr", "nnUNetTrainerBudget",
-                        "-p", plans_name, "-device", "cpu", "-pretrained_weights", str(weights)], env)
-    assert "Loading pretrained weights from file" in proc.stdout
-    tuned = root / "results" / "Dataset501_Tiny" / f"nnUNetTrainerBudget__{plans_name}__3d_fullres" / "fold_0"
-    assert (tuned / "checkpoint_final.pth").is_file()
+    if trainer in FINE_TUNED:
+        # MAE: from the SSL checkpoint itself (decoder too); MoCo: from the transferred encoder
+        source = checkpoint if trainer == "nnUNetTrainerMAE" else weights
+        proc = run_command([bin_path("nnUNetv2_train"), "501", "3d_fullres", "0", "-tr", "nnUNetTrainerBudget",
+                            "-p", plans_name, "-device", "cpu", "-pretrained_weights", str(source)], env)
+        assert "Loading pretrained weights from file" in proc.stdout
+        tuned = root / "results" / "Dataset501_Tiny" / f"nnUNetTrainerBudget__{plans_name}__3d_fullres" / "fold_0"
+        assert (tuned / "checkpoint_final.pth").is_file()
 
 
 def test_rotation_trainer_keeps_labels_honest(nnunet_env):
@@ -112,3 +147,38 @@ def test_rotation_trainer_keeps_labels_honest(nnunet_env):
     loss, stats = trainer.pretext_loss(logits, targets)
     assert int(stats["correct"]) == 3 and loss.item() < 0.1
     assert trainer.validation_score({"correct": [3, 1], "count": [3, 3]}) == pytest.approx(4 / 6)
+
+
+@pytest.mark.parametrize("trainer", list(METHODS))
+def test_every_method_steps_on_the_2d_configuration_with_two_channels(trainer, nnunet_env):
+    """One training and one validation step of each method on nnU-Net's ``2d`` configuration of two-channel data."""
+    import importlib
+
+    plans, dataset_json = _plans_and_json(nnunet_env["root"])
+    assert "2d" in plans["configurations"]
+    cfg = plans["configurations"]["2d"]
+    cfg[METHODS[trainer]] = {**RUN, **SETTINGS.get(trainer, {})}
+    # nnU-Net's initialize() only looks at the folder's file type; the steps get their batch here
+    cfg["data_identifier"] = plans["configurations"]["3d_fullres"]["data_identifier"]
+    plans["continue_training"] = False
+    dataset_json = {**dataset_json, "channel_names": {"0": "CT", "1": "CT"}}
+    module = {"nnUNetTrainerModelsGenesis": "genesis", "nnUNetTrainerCMUNet": "cmunet"}.get(
+        trainer, trainer[len("nnUNetTrainer"):].lower())
+    cls = getattr(importlib.import_module(f"nnunet_ssl.ssl.{module}.trainer"), trainer)
+    t = cls(plans, "2d", 0, dataset_json, device=torch.device("cpu"))
+    t.initialize()
+    assert t.num_input_channels == 2
+    patch = t.configuration_manager.patch_size
+    assert len(patch) == 2
+    torch.manual_seed(0)
+    data = torch.nn.functional.avg_pool2d(torch.randn(2, 2, *patch), 3, 1, 1) * 3
+    before = {k: v.clone() for k, v in t.network.state_dict().items()}
+    t.on_train_epoch_start()
+    loss = float(t.train_step({"data": data.clone(), "target": None})["loss"])
+    assert math.isfinite(loss)
+    changed = [k for k, v in t.network.state_dict().items() if k.startswith("encoder.") and not torch.equal(v, before[k])]
+    assert changed  # the encoder learnt
+    t.on_validation_epoch_start()
+    out = t.validation_step({"data": data.clone(), "target": None})
+    t.on_validation_epoch_end([out])
+    assert math.isfinite(t.logger.get_value("mean_fg_dice", step=-1))
