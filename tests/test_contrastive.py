@@ -202,13 +202,13 @@ def test_contrastive_settings_are_validated_by_name():
     assert (s.queue_size, s.min_scale, s.temperature, s.momentum) == (64, 1.0, 0.2, 0.99)
     assert s.view_settings() == {"min_scale": 1.0, "flip": True, "intensity": 0.1, "noise": 0.1}
     for cls, name, bad, says in [(SimCLRSettings, "temperature", 0, "a positive number"),
-                                 (SimCLRSettings, "min_scale", 0, "above 0 and at most 1"),
-                                 (SimCLRSettings, "noise", -0.1, "at least 0"),
+                                 (SimCLRSettings, "min_scale", 0, "a number above 0 and at most 1"),
+                                 (SimCLRSettings, "noise", -0.1, "a number of at least 0"),
                                  (SimCLRSettings, "flip", 1, "true or false"),
                                  (MoCoSettings, "queue_size", 0, "a positive integer"),
-                                 (MoCoSettings, "momentum", 1.0, "between 0 and 1"),
+                                 (MoCoSettings, "momentum", 1.0, "a number between 0 and 1"),
                                  (CMUNetSettings, "contrastive_weight", -1, "a positive number"),
-                                 (CMUNetSettings, "mask_ratio", 1.5, "between 0 and 1")]:
+                                 (CMUNetSettings, "mask_ratio", 1.5, "a number between 0 and 1")]:
         with pytest.raises(ValueError, match=f"{cls.BLOCK} setting '{name}' must be {says}"):
             cls.from_dict({name: bad})
     with pytest.raises(ValueError, match=r"unknown ssl_simclr setting\(s\) \['queue_size'\]"):

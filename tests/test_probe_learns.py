@@ -73,9 +73,6 @@ METHODS = [
                  id="inpainting"),
     pytest.param(_pretext("nnunet_ssl.ssl.rotation.trainer", "nnUNetTrainerRotation", "ssl_rotation"),
                  id="rotation"),
-    pytest.param(_pretext("nnunet_ssl.ssl.simclr.trainer", "nnUNetTrainerSimCLR", "ssl_simclr"), id="simclr"),
-    pytest.param(_pretext("nnunet_ssl.ssl.moco.trainer", "nnUNetTrainerMoCo", "ssl_moco"), id="moco"),
-    pytest.param(_pretext("nnunet_ssl.ssl.cmunet.trainer", "nnUNetTrainerCMUNet", "ssl_cmunet"), id="cmunet"),
     # measured: in 150 iterations DeSD's teacher encoder scores what it scored untrained (within 0.002),
     # see docs/label-efficiency.md; strict, so a DeSD that starts to pass is noticed
     pytest.param(_desd, id="desd", marks=pytest.mark.xfail(
