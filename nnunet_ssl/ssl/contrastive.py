@@ -188,6 +188,16 @@ def projection_head(in_features: int, hidden: int, out_features: int) -> nn.Sequ
     return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, out_features))
 
 
+def take_unet(module: nn.Module, unet: nn.Module) -> None:
+    """Give ``module`` the U-Net's ``encoder`` and ``decoder`` (so its state-dict keys are the U-Net's) and
+    the key maps nnU-Net's and this package's tools read (``key_to_encoder``, ``key_to_stem``, ``keys_to_in_proj``)."""
+    module.encoder = unet.encoder
+    module.decoder = unet.decoder
+    for name in ("key_to_encoder", "key_to_stem", "keys_to_in_proj"):
+        if hasattr(unet, name):
+            setattr(module, name, getattr(unet, name))
+
+
 class PooledHeadNetwork(nn.Module):
     """nnU-Net's U-Net with ``head`` on its average-pooled bottleneck; state-dict keys: the U-Net's and
     ``head.*``.
@@ -199,11 +209,7 @@ class PooledHeadNetwork(nn.Module):
 
     def __init__(self, unet: nn.Module, head: nn.Module):
         super().__init__()
-        self.encoder = unet.encoder
-        self.decoder = unet.decoder
-        for name in ("key_to_encoder", "key_to_stem", "keys_to_in_proj"):
-            if hasattr(unet, name):
-                setattr(self, name, getattr(unet, name))
+        take_unet(self, unet)
         self.head = head
         encoder_parameters = {id(p) for p in self.encoder.parameters()}
         for p in self.decoder.parameters():

@@ -28,7 +28,7 @@ from torch import nn
 from nnunet_ssl.finetune.freezing import unwrap
 from nnunet_ssl.ssl.base import nnUNetTrainerContrastive
 from nnunet_ssl.ssl.cmunet.settings import CMUNetSettings
-from nnunet_ssl.ssl.contrastive import MomentumBranch, gather, info_nce, pooled_bottleneck, projection_head
+from nnunet_ssl.ssl.contrastive import MomentumBranch, gather, info_nce, projection_head, take_unet
 from nnunet_ssl.ssl.restoration import block_mask, masked_mse, reconstruction_score
 
 
@@ -38,11 +38,7 @@ class CMUNetNetwork(nn.Module):
 
     def __init__(self, unet: nn.Module, head: nn.Module, predictor: nn.Module):
         super().__init__()
-        self.encoder = unet.encoder
-        self.decoder = unet.decoder
-        for name in ("key_to_encoder", "key_to_stem", "keys_to_in_proj"):
-            if hasattr(unet, name):
-                setattr(self, name, getattr(unet, name))
+        take_unet(self, unet)
         self.head = head
         self.predictor = predictor
         self.momentum = MomentumBranch(self.encoder, self.head)
