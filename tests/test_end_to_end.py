@@ -3,6 +3,8 @@
 plan -> nnUNetv2_train -tr nnUNetTrainerDeSD -> nnunet-ssl-transfer -> stock nnUNetv2_train
 -pretrained_weights -> nnUNetv2_predict.
 """
+import json
+
 import SimpleITK as sitk
 import numpy as np
 import pytest
@@ -35,17 +37,26 @@ def test_pretrain_transfer_finetune_predict(ssl_run, nnunet_env, tmp_path):
     teacher = {k[len("teacher.encoder."):]: v for k, v in ssl.items() if k.startswith("teacher.encoder.")}
     assert teacher and all(torch.equal(net.encoder.state_dict()[k], v) for k, v in teacher.items())
 
-    run_command([bin_path("nnUNetv2_train"), "501", "3d_fullres", "0", "-tr", "nnUNetTrainer_1epoch",
-                 "-pretrained_weights", str(weights), "-device", "cpu"], env)
-    ft_log = next((root / "results" / "Dataset501_Tiny" / "nnUNetTrainer_1epoch__nnUNetPlans__3d_fullres"
-                   / "fold_0").glob("training_log_*.txt")).read_text(encoding="utf-8")
-    assert "Epoch 0" in ft_log
+    # stock fine-tuning, 1 epoch of 5 iterations (nnUNetTrainerBudget reads the run length from a
+    # copy of the plans; the shared plans stay as they are), then nnU-Net's own final validation
+    folder = root / "preprocessed" / "Dataset501_Tiny"
+    plans = json.loads((folder / "nnUNetPlans.json").read_text(encoding="utf-8"))
+    plans["plans_name"] = "nnUNetPlans_e2e"
+    plans["configurations"]["3d_fullres"]["budget"] = {"num_epochs": 1, "num_iterations_per_epoch": 5,
+                                                       "num_val_iterations_per_epoch": 2}
+    (folder / "nnUNetPlans_e2e.json").write_text(json.dumps(plans), encoding="utf-8")
+    run_command([bin_path("nnUNetv2_train"), "501", "3d_fullres", "0", "-tr", "nnUNetTrainerBudget",
+                 "-p", "nnUNetPlans_e2e", "-pretrained_weights", str(weights), "-device", "cpu"], env)
+    tuned = root / "results" / "Dataset501_Tiny" / "nnUNetTrainerBudget__nnUNetPlans_e2e__3d_fullres" / "fold_0"
+    ft_log = next(tuned.glob("training_log_*.txt")).read_text(encoding="utf-8")
+    assert "Epoch 0" in ft_log and "Epoch 1" not in ft_log
+    assert (tuned / "validation" / "summary.json").is_file()
 
     images = root / "raw" / "Dataset501_Tiny" / "imagesTs"
     pred = tmp_path / "pred"
     run_command([bin_path("nnUNetv2_predict"), "-i", str(images), "-o", str(pred), "-d", "501",
-                 "-c", "3d_fullres", "-f", "0", "-tr", "nnUNetTrainer_1epoch", "-chk", "checkpoint_final.pth",
-                 "-device", "cpu", "-npp", "1", "-nps", "1"], env)
+                 "-c", "3d_fullres", "-f", "0", "-tr", "nnUNetTrainerBudget", "-p", "nnUNetPlans_e2e",
+                 "-chk", "checkpoint_final.pth", "-device", "cpu", "-npp", "1", "-nps", "1"], env)
     inputs = sorted(images.glob("*_0000.nii.gz"))
     assert len(inputs) == 2
     for image_file in inputs:
