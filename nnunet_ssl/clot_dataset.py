@@ -1,10 +1,10 @@
 """CTA + NCCT clot segmentation: register each NCCT to its CTA and write a two-channel nnU-Net raw dataset.
 
 Per case a CTA, the NCCT of the same patient and the clot label drawn on the
-CTA. The NCCT is registered rigidly to the CTA (SimpleITK's
-``ImageRegistrationMethod``: ``Euler3DTransform``, Mattes mutual information,
-a multi-resolution pyramid) and resampled onto the CTA's voxel grid, so that
-channel 0 (CTA) and channel 1 (NCCT) of every case share one grid with the
+CTA. The NCCT is registered rigidly to the CTA
+(:func:`nnunet_ssl.registration.register_rigid`: ``Euler3DTransform``, Mattes
+mutual information, a multi-resolution pyramid) and resampled onto the CTA's
+voxel grid, so that channel 0 (CTA) and channel 1 (NCCT) of every case share one grid with the
 label. A box in physical coordinates (mm, ITK's LPS frame) can crop every case
 to the region around the circle of Willis. A QC picture per case shows the
 registration: the CTA with the registered NCCT's edges, and a checkerboard of
@@ -24,6 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from nnunet_ssl.errors import UserError
+from nnunet_ssl.registration import RegistrationSettings, register_rigid  # noqa: F401 (part of this API)
 
 ROLES = ("cta", "ncct", "label")
 CHANNELS = {0: "CT", 1: "CT"}  # nnU-Net's CT normalisation for both (HU with dataset-wide statistics)
@@ -33,86 +34,12 @@ HU_AIR = -1000.0
 QC_FOLDER = "qc"
 
 
-@dataclass(frozen=True)
-class RegistrationSettings:
-    """Settings of the rigid NCCT -> CTA registration.
-
-    ``shrink_factors`` and ``smoothing_mm`` give the pyramid (coarse to fine); a shrink
-    factor is reduced where the volume would fall below 8 voxels along an axis.
-    """
-
-    shrink_factors: tuple[int, ...] = (4, 2, 1)
-    smoothing_mm: tuple[float, ...] = (2.0, 1.0, 0.0)
-    histogram_bins: int = 50
-    sampling_fraction: float = 0.25
-    iterations: int = 200
-    learning_rate: float = 1.0
-    seed: int = 0
-    # below this mutual information (nats-like units of Mattes' metric) the images share no structure;
-    # matched heads of the phantom reach about 1.4, unrelated noise about 0.01
-    min_mutual_information: float = 0.05
-
-
 @dataclass
 class ClotSummary:
     output: Path
     cases: list[str]
     transforms: dict[str, sitk.Transform] = field(default_factory=dict)  # case -> CTA point -> NCCT point
     metrics: dict[str, float] = field(default_factory=dict)              # case -> final metric value
-
-
-def register_rigid(cta: sitk.Image, ncct: sitk.Image, case: str = "case",
-                   settings: RegistrationSettings = RegistrationSettings()) -> tuple[sitk.Euler3DTransform, float]:
-    """Rigidly register ``ncct`` (moving) to ``cta`` (fixed).
-
-    Returns:
-        ``(transform, metric)``: the transform maps a physical point of the CTA to the
-        matching point of the NCCT (ITK's fixed-to-moving convention, as ``sitk.Resample``
-        needs it), and the final mutual-information metric (lower is better).
-
-    Raises:
-        UserError: Naming the case when the registration fails: ITK stops (e.g. the images do not
-            overlap, or one is blank) or the final mutual information is below
-            ``settings.min_mutual_information`` (the images share no structure).
-
-    Example:
-        >>> transform, metric = register_rigid(cta, ncct, "case_01")  # doctest: +SKIP
-        >>> sitk.Resample(ncct, cta, transform, sitk.sitkLinear, -1000.0)  # doctest: +SKIP
-    """
-    fixed, moving = sitk.Cast(cta, sitk.sitkFloat32), sitk.Cast(ncct, sitk.sitkFloat32)
-    smallest = min(min(fixed.GetSize()), min(moving.GetSize()))
-    shrink = [max(1, min(f, smallest // 8)) for f in settings.shrink_factors]
-    initial = sitk.CenteredTransformInitializer(fixed, moving, sitk.Euler3DTransform(),
-                                                sitk.CenteredTransformInitializerFilter.GEOMETRY)
-    method = sitk.ImageRegistrationMethod()
-    method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=settings.histogram_bins)
-    method.SetMetricSamplingStrategy(method.RANDOM)
-    method.SetMetricSamplingPercentage(settings.sampling_fraction, settings.seed)
-    method.SetInterpolator(sitk.sitkLinear)
-    method.SetOptimizerAsRegularStepGradientDescent(learningRate=settings.learning_rate, minStep=1e-4,
-                                                    numberOfIterations=settings.iterations,
-                                                    relaxationFactor=0.5, gradientMagnitudeTolerance=1e-8)
-    method.SetOptimizerScalesFromPhysicalShift()
-    method.SetShrinkFactorsPerLevel(shrink)
-    method.SetSmoothingSigmasPerLevel(list(settings.smoothing_mm))
-    method.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
-    method.SetInitialTransform(initial, inPlace=False)
-    try:
-        result = method.Execute(fixed, moving)
-    except RuntimeError as e:
-        last = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        raise UserError(f"case '{case}': registration of the NCCT to the CTA failed ({last}); check that both "
-                        "images show the same head and overlap in physical space") from None
-    metric = float(method.GetMetricValue())
-    transform = sitk.Euler3DTransform(sitk.CompositeTransform(result).GetNthTransform(0)
-                                      if isinstance(result, sitk.CompositeTransform) else result)
-    if not np.all(np.isfinite(transform.GetParameters())) or not np.isfinite(metric):
-        raise UserError(f"case '{case}': registration of the NCCT to the CTA failed (non-finite result)")
-    if -metric < settings.min_mutual_information:
-        raise UserError(f"case '{case}': registration of the NCCT to the CTA failed: the mutual information after "
-                        f"registration is {-metric:.3f}, below {settings.min_mutual_information}; the two images "
-                        "share no structure (another patient, an empty or corrupt image?)")
-    return transform, metric
 
 
 def crop_box(image: sitk.Image, box_mm: Sequence[float], case: str = "case") -> tuple[int, ...]:

@@ -7,7 +7,7 @@ the target plans exactly as ``nnUNetTrainer`` does (decoder and segmentation
 layers initialised as nnU-Net initialises them), puts the SSL encoder into it
 after a strict compatibility check, and saves the whole state dict.
 
-Two kinds of source checkpoint are accepted:
+Three kinds of source checkpoint are accepted:
 
 * this package's DeSD checkpoints (an ``ssl`` entry; teacher or student encoder);
 * checkpoints that carry an ``nnssl_adaptation_plan`` entry (nnssl's layout):
@@ -15,7 +15,13 @@ Two kinds of source checkpoint are accepted:
   lies outside the encoder) are mapped onto the target network's
   ``key_to_encoder``/``key_to_stem``. This package's pretext trainers
   (:mod:`nnunet_ssl.ssl`) write such an entry beside their ``ssl`` entry, whose
-  architecture and settings the transfer then checks and records.
+  architecture and settings the transfer then checks and records;
+* stock nnU-Net checkpoints (``nnUNetTrainer`` and its variants, e.g. trained on the
+  ASPECTS-zone pretext dataset of ``nnunet-ssl prepare-aspects``): their ``init_args``
+  hold the plans and configuration the network was built from, which give the
+  architecture to check; the encoder is found under the network's own
+  ``key_to_encoder``/``key_to_stem``. The decoder and segmentation layers are not
+  taken (the target has other labels).
 
 Everything must match the target network exactly, except, when asked with
 ``in_channels_rule``, the number of input channels of the first convolution
@@ -36,6 +42,7 @@ from nnunet_ssl.checkpoint import (
 from nnunet_ssl.errors import UserError
 
 IN_CHANNELS_RULES = ("copy", "mean", "zero")
+STOCK_FORMAT = "nnunet"  # source_format of a stock nnU-Net checkpoint: "nnunet:TRAINER_NAME"
 # architecture settings that change what the encoder's weights mean while leaving their shapes alone
 ARCHITECTURE_SETTINGS = ("network_class", "strides", "kernel_sizes", "conv_op", "norm_op", "nonlin")
 
@@ -71,11 +78,34 @@ def load_ssl_checkpoint(path: str | os.PathLike) -> dict:
         if problem:
             raise UserError(f"{path}: {problem}; cannot tell where its encoder is")
         return checkpoint
+    if is_stock(checkpoint):
+        return checkpoint
     raise UserError(f"{path} is not an SSL checkpoint written by nnUNetTrainerDeSD (no 'ssl' entry of "
-                    f"format {FORMAT}) nor one with an '{ADAPTATION_PLAN_KEY}' entry (as the pretext trainers "
-                    "write); give "
-                    "checkpoint_final.pth, checkpoint_best.pth or checkpoint_latest.pth from the SSL "
-                    "training's output folder")
+                    f"format {FORMAT}), nor one with an '{ADAPTATION_PLAN_KEY}' entry (as the pretext trainers "
+                    "write), nor a stock nnU-Net checkpoint (no 'init_args' with plans and configuration); give "
+                    "checkpoint_final.pth, checkpoint_best.pth or checkpoint_latest.pth from the pretraining's "
+                    "output folder")
+
+
+def is_stock(checkpoint: Mapping) -> bool:
+    """True for a stock nnU-Net checkpoint: no SSL entries, ``init_args`` with the plans and configuration."""
+    args = checkpoint.get("init_args")
+    return (isinstance(args, Mapping) and isinstance(args.get("plans"), Mapping)
+            and isinstance(args.get("configuration"), str) and "ssl" not in checkpoint
+            and ADAPTATION_PLAN_KEY not in checkpoint)
+
+
+def stock_architecture(checkpoint: Mapping, path) -> dict:
+    """The plans ``architecture`` (class name, kwargs) a stock checkpoint's network was built from."""
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    args = checkpoint["init_args"]
+    try:
+        cm = PlansManager(dict(args["plans"])).get_configuration(args["configuration"])
+        return {"network_class_name": cm.network_arch_class_name, "arch_kwargs": cm.network_arch_init_kwargs}
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise UserError(f"{path}: its init_args do not describe the network (configuration "
+                        f"{args.get('configuration')!r}: {e})") from None
 
 
 def is_foreign(checkpoint: Mapping) -> bool:
@@ -359,6 +389,7 @@ def transfer(ssl_checkpoint: str | os.PathLike, dataset: str | int, output: str 
     check_architecture(None, {}, allow_architecture_difference)  # names are checked before any work
     checkpoint = load_ssl_checkpoint(ssl_checkpoint)
     foreign = is_foreign(checkpoint)
+    stock = is_stock(checkpoint)
     if foreign and source != "teacher":
         raise UserError(f"{ssl_checkpoint} is not a DeSD checkpoint: it has one encoder, no {source}")
     if not foreign:
@@ -366,13 +397,20 @@ def transfer(ssl_checkpoint: str | os.PathLike, dataset: str | int, output: str 
     plans_manager, cm, dataset_json = _target_plans(dataset, plans, configuration)
     # this package's own entry: DeSD's, or a pretext trainer's beside its adaptation plan
     own = checkpoint.get("ssl") if isinstance(checkpoint.get("ssl"), dict) else None
-    recorded = own.get("architecture") if own else checkpoint[ADAPTATION_PLAN_KEY].get("architecture_plans")
+    if stock:
+        recorded = stock_architecture(checkpoint, ssl_checkpoint)
+    else:
+        recorded = own.get("architecture") if own else checkpoint[ADAPTATION_PLAN_KEY].get("architecture_plans")
     check_architecture(recorded, {"network_class_name": cm.network_arch_class_name,
                                   "arch_kwargs": cm.network_arch_init_kwargs}, allow_architecture_difference)
     network = _build(plans_manager, cm, dataset_json)
     if foreign:
         from nnunet_ssl.finetune.freezing import encoder_prefixes
 
+        if stock:  # same network class (checked above): its encoder lies where the target's does
+            checkpoint = {**checkpoint, ADAPTATION_PLAN_KEY: {
+                "key_to_encoder": getattr(network, "key_to_encoder", None),
+                "key_to_stem": getattr(network, "key_to_stem", None)}}
         encoder = foreign_encoder_state(checkpoint, network)
         modules = encoder_prefixes(network)
     else:
@@ -385,6 +423,11 @@ def transfer(ssl_checkpoint: str | os.PathLike, dataset: str | int, output: str 
         network.get_submodule(module).load_state_dict(sub, strict=True)
     if own:
         meta = own
+    elif stock:
+        args = checkpoint["init_args"]
+        meta = {"dataset_name": args["plans"].get("dataset_name"), "plans_name": args["plans"].get("plans_name"),
+                "configuration": args["configuration"], "settings": None,
+                "format": f"{STOCK_FORMAT}:{checkpoint.get('trainer_name', 'nnUNetTrainer')}"}
     else:
         pretrain = checkpoint[ADAPTATION_PLAN_KEY].get("pretrain_plan") or {}
         meta = {"dataset_name": pretrain.get("dataset_name"), "plans_name": pretrain.get("plans_name"),

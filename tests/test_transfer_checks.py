@@ -83,3 +83,43 @@ def test_command_offers_exactly_the_checked_settings():
     from nnunet_ssl import transfer as library
 
     assert cli.ARCHITECTURE_SETTINGS == library.ARCHITECTURE_SETTINGS
+
+
+def _stock_checkpoint(env, path, n_labels=21, **arch_changes):
+    """A stock nnU-Net checkpoint (as nnUNetTrainer saves it) of a network with ``n_labels`` outputs."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    plans = json.loads((env["root"] / "preprocessed" / "Dataset501_Tiny" / "nnUNetPlans.json").read_text())
+    plans["dataset_name"] = "Dataset511_Zones"
+    plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"].update(arch_changes)
+    pm = PlansManager(plans)
+    torch.manual_seed(1)
+    net = nnUNetTrainer.build_network_architecture(pm, pm.get_configuration("3d_fullres"), 1, n_labels, True)
+    torch.save({"network_weights": net.state_dict(), "trainer_name": "nnUNetTrainer", "current_epoch": 1,
+                "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": 0, "dataset_json": {}}}, path)
+    return net
+
+
+def test_stock_nnunet_checkpoint_gives_its_encoder_to_a_target_with_other_labels(nnunet_env, tmp_path):
+    source = _stock_checkpoint(nnunet_env, tmp_path / "zones.pth")
+    assert transfer_main([str(tmp_path / "zones.pth"), "-d", "501", "-o", str(tmp_path / "w.pth")]) == 0
+    saved = torch.load(tmp_path / "w.pth", weights_only=False)
+    weights, meta = saved["network_weights"], saved["nnunet_ssl_transfer"]
+    assert meta["source"] == "encoder" and meta["source_format"] == "nnunet:nnUNetTrainer"
+    assert meta["ssl_dataset"] == "Dataset511_Zones"
+    pretrained = source.state_dict()
+    encoder = [k for k in weights if k.startswith("encoder.")]
+    assert encoder and all(torch.equal(weights[k], pretrained[k]) for k in encoder)
+    seg = [k for k in weights if ".seg_layers." in k]
+    assert seg and all(weights[k].shape[0] == 2 for k in seg if k.endswith(".weight"))  # background + lesion
+    decoder = [k for k in weights if k.startswith("decoder.stages.")]
+    assert decoder and not any(torch.equal(weights[k], pretrained[k]) for k in decoder if k.endswith("conv.weight"))
+    with pytest.raises(UserError, match="one encoder, no student"):
+        transfer(tmp_path / "zones.pth", 501, tmp_path / "s.pth", source="student")
+
+
+def test_stock_checkpoint_of_another_architecture_is_refused(nnunet_env, tmp_path, capsys):
+    _stock_checkpoint(nnunet_env, tmp_path / "zones.pth", nonlin="torch.nn.ReLU")
+    assert transfer_main([str(tmp_path / "zones.pth"), "-d", "501", "-o", str(tmp_path / "w.pth")]) == 2
+    assert "nonlin differ" in capsys.readouterr().err and not (tmp_path / "w.pth").exists()

@@ -26,6 +26,7 @@ COMMANDS = {
     "add-scalars": "add_scalars",
     "clot-dataset": "clot_dataset",
     "ctp-dataset": "ctp_dataset",
+    "prepare-aspects": "prepare_aspects",
 }
 
 

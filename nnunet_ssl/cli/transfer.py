@@ -13,13 +13,15 @@ ARCHITECTURE_SETTINGS = ("network_class", "strides", "kernel_sizes", "conv_op", 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="nnunet-ssl-transfer",
-        description="Put the encoder of an SSL checkpoint (nnUNetTrainerDeSD) into the network of a target "
+        description="Put the encoder of an SSL checkpoint (nnUNetTrainerDeSD, a pretext trainer, or a stock "
+                    "nnUNetTrainer checkpoint such as one trained on the ASPECTS-zone pretext dataset) into the network of a target "
                     "dataset's plans and write a checkpoint that stock `nnUNetv2_train TARGET CONFIGURATION "
                     "FOLD -p PLANS -pretrained_weights OUTPUT.pth` accepts. Decoder and segmentation layers "
                     "are initialised as nnU-Net initialises them.")
     p.add_argument("ssl_checkpoint",
                    help="checkpoint_final.pth (or _best/_latest) of the SSL training, or a checkpoint of another "
-                        "SSL framework with an 'nnssl_adaptation_plan' entry whose encoder matches the target")
+                        "SSL framework with an 'nnssl_adaptation_plan' entry, or of a stock nnU-Net training (e.g. on "
+                        "the zones of nnunet-ssl prepare-aspects), whose encoder matches the target")
     p.add_argument("-d", "--dataset", required=True, help="target dataset id or name")
     p.add_argument("-p", "--plans", default="nnUNetPlans", help="target plans identifier [nnUNetPlans]")
     p.add_argument("-c", "--configuration", default="3d_fullres", help="target configuration [3d_fullres]")
