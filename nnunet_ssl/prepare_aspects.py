@@ -93,6 +93,8 @@ def find_inputs(source: Path) -> dict[str, Path]:
     The CTs' brain masks are always computed, even where a dataset's labels are brain masks: the
     registration check compares them with the atlas brain, which is made with the same method.
     """
+    from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+
     from nnunet_ssl.ct.io import find_cases
 
     if not source.is_dir():
@@ -101,14 +103,16 @@ def find_inputs(source: Path) -> dict[str, Path]:
     if not (source / "dataset.json").is_file():
         return find_cases(source)
     try:
-        ending = json.loads((source / "dataset.json").read_text(encoding="utf-8")).get("file_ending", ".nii.gz")
-    except (ValueError, AttributeError) as e:
-        raise UserError(f"cannot read {source / 'dataset.json'}: {e}") from None
-    suffix = "_0000" + ending
-    images = sorted((source / "imagesTr").glob("*" + suffix)) if (source / "imagesTr").is_dir() else []
-    if not images:
+        dataset_json = json.loads((source / "dataset.json").read_text(encoding="utf-8"))
+        ending = dataset_json["file_ending"]
+    except (ValueError, TypeError, KeyError) as e:
+        raise UserError(f"cannot read {source / 'dataset.json'} (it needs file_ending): {e}") from None
+    files = {}
+    if "dataset" in dataset_json or (source / "imagesTr").is_dir():
+        files = get_filenames_of_train_images_and_targets(str(source), dataset_json)
+    if not files:
         raise UserError(f"dataset {source} has no imagesTr/CASE_0000{ending}")
-    return {image.name[: -len(suffix)]: image for image in images}
+    return {case: Path(entry["images"][0]) for case, entry in sorted(files.items())}
 
 
 def read_sides(path: Path, cases) -> dict[str, str]:
