@@ -134,22 +134,43 @@ def gather(x: torch.Tensor, differentiable: bool = False) -> tuple[torch.Tensor,
     """Every process's ``x`` concatenated along the first axis (rank order), and where this process's
     rows start; ``(x, 0)`` outside ``torch.distributed``.
 
-    ``differentiable``: gradients flow back to each process's own rows
-    (``torch.distributed.nn.functional.all_gather``); a loss computed on the gathered rows by
+    ``differentiable``: gradients flow back to each process's own rows (summed over the
+    processes); a loss computed on the gathered rows by
     every process then has DDP's averaged gradient of one loss on the global batch.
     """
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return x, 0
+    offset = dist.get_rank() * x.shape[0]
     if differentiable:
-        from torch.distributed.nn.functional import all_gather
+        return _GatherRows.apply(x), offset
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.detach().contiguous())
+    return torch.cat(parts), offset
 
-        parts = all_gather(x)
-    else:
+
+class _GatherRows(torch.autograd.Function):
+    """All processes' rows, concatenated; backward: every process's gradient of the gathered rows
+    summed (all-reduce) and this process's own rows kept."""
+
+    @staticmethod
+    def forward(ctx, x):
+        import torch.distributed as dist
+
         parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-        dist.all_gather(parts, x.detach().contiguous())
-    return torch.cat(list(parts)), dist.get_rank() * x.shape[0]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rows = (dist.get_rank() * x.shape[0], x.shape[0])
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        import torch.distributed as dist
+
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        start, n = ctx.rows
+        return grad[start:start + n]
 
 
 # ----------------------------------------------------------------------------- MoCo's queue
