@@ -192,3 +192,64 @@ def write_phantom_dataset(raw_folder: Path | str, dataset_id: int, name: str, n_
                           labels={"background": 0, label: 1}, num_training_cases=n_train,
                           file_ending=".nii.gz", dataset_name=folder.name)
     return folder
+
+
+def write_clot_phantom_inputs(folder: Path | str, n_cases: int = 5, shape: Sequence[int] = (20, 48, 48)) -> None:
+    """Inputs of ``nnunet-ssl clot-dataset`` made of phantoms: ``cta/``, ``ncct/`` and ``labels/``.
+
+    Each CTA is a phantom head (a lesion blob stands in for the clot, its label); its NCCT is the same
+    head moved rigidly (3 degrees about z, 2 to 3 mm) on a larger grid of its own, as an NCCT of the
+    same patient scanned apart from the CTA. Not angiography: a stand-in to try the commands on.
+
+    Example:
+        >>> write_clot_phantom_inputs("clot_inputs")  # doctest: +SKIP
+    """
+    import SimpleITK as sitk
+
+    folder = Path(folder)
+    move = sitk.Euler3DTransform((0.0, 0.0, 0.0), 0.0, 0.0, np.deg2rad(3.0), (2.0, -2.5, 1.5))
+    z, y, x = (int(s) for s in shape)
+    for i in range(n_cases):
+        p = make_stroke_phantom(shape, side="left" if i % 2 else "right", seed=10 + i)
+        cta = sitk.GetImageFromArray(p.image)
+        cta.SetOrigin((-x / 2, -y / 2, -z / 2))
+        label = sitk.GetImageFromArray(p.lesion.astype(np.uint8))
+        label.CopyInformation(cta)
+        grid = sitk.Image([x + 4, y + 4, z + 4], sitk.sitkFloat32)
+        grid.SetOrigin((-x / 2 - 2, -y / 2 - 2, -z / 2 - 2))
+        for role, image in (("cta", cta), ("ncct", sitk.Resample(cta, grid, move, sitk.sitkLinear, -1000.0)),
+                            ("labels", label)):
+            (folder / role).mkdir(parents=True, exist_ok=True)
+            sitk.WriteImage(image, str(folder / role / f"cs{i}.nii.gz"))
+
+
+def write_ctp_phantom_inputs(folder: Path | str, n_cases: int = 5, shape: Sequence[int] = (20, 48, 48),
+                             spacing: Sequence[float] = (2.0, 0.9, 0.9)) -> None:
+    """Inputs of ``nnunet-ssl ctp-dataset`` made of phantoms: ``CBF/``, ``CBV/``, ``TTP/``, ``Tmax/``,
+    ``MIP/`` and ``labels/`` (0 background, 1 penumbra, 2 core).
+
+    The core is the phantom's lesion, the penumbra a 3-voxel shell around it inside the brain; CBF and
+    CBV are low there and TTP and Tmax late (more so in the core), with noise; the MIP is the phantom CT.
+    The values are illustrative, not physiological.
+
+    Example:
+        >>> write_ctp_phantom_inputs("ctp_inputs")  # doctest: +SKIP
+    """
+    folder = Path(folder)
+    rng = np.random.default_rng(0)
+    for i in range(n_cases):
+        p = make_stroke_phantom(shape, spacing, side="left" if i % 2 else "right", seed=20 + i)
+        core = p.lesion
+        penumbra = ndimage.binary_dilation(core, iterations=3) & p.brain & ~core
+        brain = p.brain.astype(np.float32)
+
+        def noisy(array, sd):
+            return (array + rng.normal(0, sd, core.shape)).astype(np.float32)
+
+        maps = {"CBF": noisy(brain * (50 - 20 * penumbra - 40 * core), 2),
+                "CBV": noisy(brain * (4 - 1 * penumbra - 3 * core), 0.2),
+                "TTP": noisy(brain * (10 + 6 * penumbra + 8 * core), 2),
+                "Tmax": noisy(brain * (2 + 6 * penumbra + 10 * core), 2),
+                "MIP": p.image}
+        for role, array in [*maps.items(), ("labels", (penumbra + 2 * core).astype(np.uint8))]:
+            write_image(array, spacing, folder / role / f"p{i}.nii.gz")

@@ -215,7 +215,11 @@ def record_ssl_settings(name: str, plans_identifier: str, configurations: Sequen
         plans = json.load(f)
     for c in configurations:
         if c in plans["configurations"]:
-            plans["configurations"][c]["ssl"] = dict(ssl)
+            block = dict(ssl)
+            view = block.get("view_size")
+            if view is not None and len(view) == 3 and len(plans["configurations"][c].get("patch_size", ())) == 2:
+                block["view_size"] = list(view[-2:])  # slices as samples: the in-plane part of the view
+            plans["configurations"][c]["ssl"] = block
     with open(path, "w", encoding="utf-8") as f:
         json.dump(plans, f, indent=4, sort_keys=False)
 

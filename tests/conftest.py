@@ -132,3 +132,26 @@ def planned_two_channel(tmp_path_factory):
             mp.setenv(k, v)
         plan_and_preprocess(502, base_features=4, gpu_memory_gb=0.5, ssl_settings=TINY_SSL, num_processes=1)
     return {"root": root, "env": env}
+
+
+SHORT_FOCAL_TVERSKY = '''
+import torch
+from nnunet_ssl.losses.trainers import nnUNetTrainerFocalTversky
+
+
+class nnUNetTrainerFocalTversky_Demo(nnUNetTrainerFocalTversky):
+    """1 epoch of 2 iterations; nnU-Net's final validation (loss-independent) skipped."""
+
+    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 1, 2, 1
+
+    def perform_actual_validation(self, save_probabilities=False):
+        self.print_to_log_file("final validation skipped")
+'''
+
+
+def write_short_focal_tversky(folder: Path) -> None:
+    """A short preset of the focal Tversky trainer (``nnUNetTrainerFocalTversky_Demo``) in ``folder``,
+    for nnU-Net's trainer lookup through ``nnUNet_extTrainer``."""
+    (folder / "short_focal_tversky.py").write_text(SHORT_FOCAL_TVERSKY, encoding="utf-8")

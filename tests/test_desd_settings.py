@@ -36,3 +36,26 @@ def test_plan_command_names_the_bad_setting(tmp_path, monkeypatch, capsys):
     assert main(["plan", "-d", "1", "--ssl", "out_dim=abc"]) == 2
     err = capsys.readouterr().err
     assert "out_dim" in err and "integer" in err and "Traceback" not in err
+
+
+def test_a_2d_configuration_takes_the_in_plane_part_of_a_view_it_was_not_given(nnunet_env):
+    """Without a view_size in its ssl block, DeSD on nnU-Net's ``2d`` uses the default view's in-plane axes;
+    a 3D view written into the block is refused naming the setting."""
+    import json
+
+    import torch
+
+    from nnunet_ssl.desd.trainer import nnUNetTrainerDeSD
+
+    folder = nnunet_env["root"] / "preprocessed" / "Dataset501_Tiny"
+    plans = json.loads((folder / "nnUNetPlans.json").read_text(encoding="utf-8"))
+    dataset_json = json.loads((folder / "dataset.json").read_text(encoding="utf-8"))
+    plans["continue_training"] = False  # nnU-Net's run_training sets it
+    plans["configurations"]["2d"]["ssl"] = {"num_epochs": 1}
+    trainer = nnUNetTrainerDeSD(plans, "2d", 0, dataset_json, device=torch.device("cpu"))
+    assert trainer.ssl_settings.view_size == DeSDSettings().view_size[-2:]
+    assert trainer.configuration_manager.patch_size == list(DeSDSettings().view_size[-2:])
+    plans["continue_training"] = False
+    plans["configurations"]["2d"]["ssl"] = {"view_size": [16, 32, 32]}
+    with pytest.raises(ValueError, match="view_size .* has 3 axes but configuration '2d' is 2D"):
+        nnUNetTrainerDeSD(plans, "2d", 0, dataset_json, device=torch.device("cpu"))

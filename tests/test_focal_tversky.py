@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-from conftest import bin_path, run_command
 from nnunet_ssl.errors import UserError
 from nnunet_ssl.losses import trainers as ftl
 from nnunet_ssl.losses.focal_tversky import FocalTverskyLoss, FocalTverskySettings
@@ -238,41 +237,3 @@ def test_finetuning_strategies_keep_their_schedule_with_the_focal_tversky_loss(n
     gradual = _trainer(ftl.nnUNetTrainerGradualUnfreezeFocalTversky, nnunet_env,
                        finetune={"num_epochs": 20, "gradual_start_epoch": 1, "gradual_interval": 2})
     assert gradual.unfreeze_epochs(4) == [7, 5, 3, 1]
-
-
-SHORT_PRESET = '''
-import torch
-from nnunet_ssl.losses.trainers import nnUNetTrainerFocalTversky
-
-
-class nnUNetTrainerFocalTversky_Demo(nnUNetTrainerFocalTversky):
-    """1 epoch of 2 iterations; nnU-Net's final validation (loss-independent) skipped."""
-
-    def __init__(self, plans, configuration, fold, dataset_json, device=torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs, self.num_iterations_per_epoch, self.num_val_iterations_per_epoch = 1, 2, 1
-
-    def perform_actual_validation(self, save_probabilities=False):
-        self.print_to_log_file("final validation skipped")
-'''
-
-
-@pytest.mark.slow
-def test_stock_nnunet_train_with_the_focal_tversky_trainer(nnunet_env, tmp_path):
-    """nnUNetv2_train finds the trainer and trains an epoch of two iterations with the loss."""
-    # a short preset of the trainer, found by nnU-Net's lookup in a folder of its own
-    presets = tmp_path / "trainers"
-    presets.mkdir()
-    (presets / "short_focal_tversky.py").write_text(SHORT_PRESET, encoding="utf-8")
-    env = dict(nnunet_env["env"], nnUNet_extTrainer=str(presets))
-    run_command([bin_path("nnUNetv2_train"), "501", "3d_fullres", "0", "-tr", "nnUNetTrainerFocalTversky_Demo",
-                 "-device", "cpu"], env)
-    out = (nnunet_env["root"] / "results" / "Dataset501_Tiny"
-           / "nnUNetTrainerFocalTversky_Demo__nnUNetPlans__3d_fullres" / "fold_0")
-    log = next(out.glob("training_log_*.txt")).read_text(encoding="utf-8")
-    assert "focal Tversky loss alpha=0.7 (false negatives), beta=0.3 (false positives), gamma=0.75" in log
-    losses = [float(line.split()[-1]) for line in log.splitlines() if "train_loss" in line]
-    assert len(losses) == 1 and 0 < losses[0] <= 1  # (1 - TI) ** gamma lies in [0, 1]
-    assert "val_loss" in log and "final validation skipped" in log
-    saved = torch.load(out / "checkpoint_final.pth", map_location="cpu", weights_only=False)
-    assert saved["trainer_name"] == "nnUNetTrainerFocalTversky_Demo"

@@ -146,3 +146,33 @@ def test_symmetry_with_three_channels_keeps_the_other_channels_in_both_views(pro
             assert np.array_equal(b[1], a[1])
     else:
         assert not batch["symmetric"].any()
+
+
+class _SliceDataset(_FakeDataset):
+    """Every voxel of slice z holds z plus an in-plane pattern under 0.5: a view tells its slice."""
+
+    def __init__(self):
+        super().__init__()
+        z = np.arange(40, dtype=np.float32)[:, None, None]
+        pattern = np.random.default_rng(1).uniform(0, 0.4, size=(1, 32, 48)).astype(np.float32)
+        self.data = (z + pattern)[None]
+
+
+@pytest.mark.parametrize("sampling", ["slab", "region"])
+def test_2d_views_are_two_crops_of_one_slice(sampling):
+    ds = _SliceDataset()
+    settings = DeSDSettings(view_size=(16, 16), view_sampling=sampling, slab_depth=24, view_jitter=0.5)
+    np.random.seed(0)
+    batch = ViewPairLoader(ds, 6, (16, 16), settings).generate_train_batch()
+    assert batch["data"].shape == batch["data2"].shape == (6, 1, 16, 16)
+    for v1, v2 in zip(batch["data"].numpy(), batch["data2"].numpy()):
+        z1, z2 = np.unique(np.floor(v1)), np.unique(np.floor(v2))
+        assert len(z1) == 1 and z1.tolist() == z2.tolist()  # each view inside one slice, the same slice
+        if sampling == "slab":
+            assert 2 <= z1[0] < 38  # a slice of the brain (its box: slices 2..37)
+        # a crop of that slice (not a resampled or mirrored one)
+        plane = ds.data[0, int(z1[0])]
+        assert any(np.array_equal(plane[y:y + 16, x:x + 16], v1[0]) for y in range(17) for x in range(33))
+    # the crop and the view must have as many axes
+    with pytest.raises(ValueError, match="differ in axes"):
+        ViewPairLoader(ds, 2, (16, 16, 16), settings)

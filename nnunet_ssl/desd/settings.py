@@ -95,7 +95,7 @@ class DeSDSettings:
             raise ValueError("center_momentum and momentum_teacher must lie in [0, 1]")
         if self.view_sampling not in ("slab", "region"):
             raise ValueError(f"view_sampling must be 'slab' or 'region', got {self.view_sampling!r}")
-        if self.view_sampling == "slab" and self.slab_depth < int(self.view_size[0]):
+        if self.view_sampling == "slab" and len(self.view_size) == 3 and self.slab_depth < int(self.view_size[0]):
             raise ValueError(f"slab_depth {self.slab_depth} is thinner than the views "
                              f"({self.view_size[0]} slices); raise slab_depth or use view_sampling 'region'")
         if not 0 <= self.symmetry_prob <= 1 or not 0 <= self.slab_min_brain <= 1:

@@ -21,7 +21,9 @@ Contract with nnU-Net (what this trainer changes and what it keeps):
 * Optimiser and schedules: AdamW with per-iteration learning-rate, weight-decay
   and momentum schedules (DINO's), teacher-temperature warm-up per epoch.
 * Views: two per sample, drawn by :class:`~nnunet_ssl.desd.views.ViewPairLoader`
-  (slab sampling, optional symmetry augmentation) and augmented separately.
+  (slab sampling, optional symmetry augmentation) and augmented separately. On a ``2d``
+  configuration a sample is a slice (both views are crops of it) and a ``view_size`` the
+  ``ssl`` block does not give is the in-plane part of the default.
 * "Best" checkpoints: ``checkpoint_best.pth`` has the lowest validation SSL loss
   (not pseudo Dice); ``checkpoint_best_rankme.pth`` the highest RankMe after the
   monitoring warm-up; ``checkpoint_best_probe.pth`` the highest linear-probe score when
@@ -72,10 +74,12 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.ssl_settings = self.configure_ssl_settings(
-            DeSDSettings.from_configuration(self.configuration_manager.configuration))
-        s = self.ssl_settings
         patch_size = self.configuration_manager.patch_size
+        settings = DeSDSettings.from_configuration(self.configuration_manager.configuration)
+        if len(patch_size) == 2 and "view_size" not in (self.configuration_manager.configuration.get("ssl") or {}):
+            settings = settings.replace(view_size=tuple(settings.view_size[-2:]))  # a 2D view of the default
+        self.ssl_settings = self.configure_ssl_settings(settings)
+        s = self.ssl_settings
         if len(s.view_size) != len(patch_size):
             raise ValueError(f"view_size {list(s.view_size)} has {len(s.view_size)} axes but configuration "
                              f"'{configuration}' is {len(patch_size)}D; set ssl.view_size accordingly")

@@ -20,6 +20,11 @@ the network sees the other channels only. With more than two channels the contra
 image replaces the first of the other channels (the image it mirrors, the CT) in the second
 view and every further channel is kept, so both views carry the same number of channels.
 
+On a 2D configuration (a two-axis ``view_size``, nnU-Net's ``2d``) a sample is a slice: the
+centres are drawn in the volume as above for views one slice thick, the second view is moved to
+the first view's slice, and both are cut from that slice (as nnU-Net's 2D loader cuts its
+patches from one slice of the 3D case).
+
 Position sampling is pure numpy; :class:`ViewPairLoader` wires it to nnU-Net's
 datasets and augmentation (each view augmented separately).
 """
@@ -165,6 +170,12 @@ class ViewPairLoader(DataLoader):
         self.settings = settings
         self.view_size = tuple(int(v) for v in settings.view_size)
         self.crop_size = tuple(int(v) for v in crop_size)
+        if len(self.crop_size) != len(self.view_size):
+            raise ValueError(f"crop size {list(self.crop_size)} and view size {list(self.view_size)} differ in axes")
+        # a 2D view is a 3D view one slice thick; the slice axis is dropped after cropping
+        self.slice_views = len(self.view_size) == 2
+        if self.slice_views:
+            self.view_size, self.crop_size = (1, *self.view_size), (1, *self.crop_size)
         self.transforms = transforms
 
     @staticmethod
@@ -176,10 +187,14 @@ class ViewPairLoader(DataLoader):
     def view_centres(self, data, seg, properties, rng: np.random.Generator) -> np.ndarray:
         s = self.settings
         if s.view_sampling == "slab":
-            return sample_slab_view_centres(np.asarray(seg[0]) > 0, self.view_size, s.slab_depth,
-                                            s.slab_min_brain, rng)
-        return sample_view_centres(data.shape[1:], self.view_size, s.view_jitter, rng,
-                                   self._foreground(properties))
+            centres = sample_slab_view_centres(np.asarray(seg[0]) > 0, self.view_size, s.slab_depth,
+                                               s.slab_min_brain, rng)
+        else:
+            centres = sample_view_centres(data.shape[1:], self.view_size, s.view_jitter, rng,
+                                          self._foreground(properties))
+        if self.slice_views:
+            centres[1, 0] = centres[0, 0]  # both views from one slice
+        return centres
 
     def generate_train_batch(self) -> dict:
         s = self.settings
@@ -208,9 +223,12 @@ class ViewPairLoader(DataLoader):
                         # channel); any further channels are kept, so both views have the same channels
                         sources[1] = [s.symmetry_channel] + original[1:]
                 for v, centre in enumerate(centres):
-                    crop = crop_around(data, centre, self.crop_size, 0)
-                    image = torch.from_numpy(np.ascontiguousarray(crop[sources[v]])).float()
-                    mask = torch.from_numpy(crop_around(seg, centre, self.crop_size, -1).astype(np.int16))
+                    crop = crop_around(data, centre, self.crop_size, 0)[sources[v]]
+                    mask = crop_around(seg, centre, self.crop_size, -1).astype(np.int16)
+                    if self.slice_views:
+                        crop, mask = crop[:, 0], mask[:, 0]
+                    image = torch.from_numpy(np.ascontiguousarray(crop)).float()
+                    mask = torch.from_numpy(np.ascontiguousarray(mask))
                     if self.transforms is not None:
                         image = self.transforms(image=image, segmentation=mask)["image"]
                     if views[v] is None:
