@@ -11,8 +11,8 @@ labels: ``hypoperfused`` = penumbra or core (labels 1 and 2) and ``core`` =
 label 2, trained with a sigmoid per region; ``regions_class_order`` turns the
 predicted regions back into the label map 0/1/2.
 
-Colour-coded map pictures (RGB screenshots of a perfusion package) are not
-read: give the maps as the grey-scale values the package computed.
+A map exported as a colour picture (an RGB volume drawn with the package's colour bar) is read
+back to values with that colour bar, given as a table (:mod:`nnunet_ssl.colour_maps`).
 
 Example:
     >>> write_ctp_dataset("ctp_inputs", "nnUNet_raw/Dataset640_CTP", regions=True)  # doctest: +SKIP
@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import SimpleITK as sitk
 
@@ -40,11 +40,15 @@ class CTPSummary:
     output: Path
     cases: list[str]
     channels: dict[int, str]  # channel -> map
+    # colour-coded maps: map -> case -> fraction of voxels whose colour is not on the colour bar
+    unmatched: dict[str, dict[str, float]]
 
 
 def write_ctp_dataset(source: Path | str, output_folder: Path | str, regions: bool = False,
                       npy_spacing: Optional[Sequence[float]] = None, overwrite: bool = False,
-                      progress: bool = True, dataset_name: Optional[str] = None) -> CTPSummary:
+                      progress: bool = True, dataset_name: Optional[str] = None,
+                      colour_tables: Optional[Mapping[str, Path | str]] = None,
+                      max_colour_distance: float = 30.0) -> CTPSummary:
     """Write a multi-channel nnU-Net raw dataset from per-case perfusion maps and core/penumbra labels.
 
     Args:
@@ -57,6 +61,9 @@ def write_ctp_dataset(source: Path | str, output_folder: Path | str, regions: bo
         overwrite: Replace an existing output.
         progress: Show a progress bar.
         dataset_name: ``name`` in ``dataset.json`` (default: the output folder's name).
+        colour_tables: Map name -> colour table CSV (``value,r,g,b``) for maps given as RGB volumes;
+            each voxel gets the value of the nearest table colour, voxels farther than
+            ``max_colour_distance`` (RGB units) from every colour the table's lowest value.
 
     Returns:
         A :class:`CTPSummary`.
@@ -72,6 +79,7 @@ def write_ctp_dataset(source: Path | str, output_folder: Path | str, regions: bo
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
     from tqdm import tqdm
 
+    from nnunet_ssl.colour_maps import ColourTable, colour_volume_to_values, read_colour_volume
     from nnunet_ssl.ct.io import write_image
     from nnunet_ssl.raw_dataset import (check_output, grid_difference, label_image, load_volume, partial_folder,
                                         read_case_table)
@@ -81,12 +89,30 @@ def write_ctp_dataset(source: Path | str, output_folder: Path | str, regions: bo
     cases = read_case_table(source, MAPS + ("label",), optional=OPTIONAL_MAPS)
     maps = [m for m in MAPS if next(iter(cases.values()))[m] is not None]
     channels = dict(enumerate(maps))
+    unknown = sorted(set(colour_tables or {}) - set(maps))
+    if unknown:
+        raise UserError(f"colour table(s) given for {', '.join(unknown)}, which is not a map of this dataset "
+                        f"(maps: {', '.join(maps)})")
+    if not max_colour_distance >= 0:
+        raise UserError(f"the colour distance must be >= 0, got {max_colour_distance}")
+    tables = {name: ColourTable.read(path) for name, path in (colour_tables or {}).items()}
+    unmatched: dict[str, dict[str, float]] = {name: {} for name in tables}
     check_output(output, [source] + [p.resolve() for f in cases.values() for p in f.values() if p], overwrite)
     with partial_folder(output) as work:
         for case, files in tqdm(cases.items(), desc="ctp-dataset", unit="case", disable=not progress):
             first = None
             for channel, name in channels.items():
-                image = load_volume(files[name], case, name, npy_spacing)
+                if name in tables:
+                    image, unmatched[name][case] = colour_volume_to_values(
+                        read_colour_volume(files[name], case, name, npy_spacing), tables[name], max_colour_distance)
+                else:
+                    try:
+                        image = load_volume(files[name], case, name, npy_spacing)
+                    except UserError as e:
+                        if "components" not in str(e):
+                            raise
+                        raise UserError(f"{e}; for a colour-coded map give its colour bar with "
+                                        f"--colour-table {name}=TABLE.csv") from None
                 if first is None:
                     first = image
                 else:
@@ -108,5 +134,6 @@ def write_ctp_dataset(source: Path | str, output_folder: Path | str, regions: bo
             regions_class_order=REGIONS_CLASS_ORDER if regions else None,
             dataset_name=dataset_name or output.name,
             description="CT perfusion parametric maps, one channel each (z-scored); labels 0 background, "
-                        "1 penumbra, 2 core")
-    return CTPSummary(output, list(cases), channels)
+                        "1 penumbra, 2 core",
+            **({"colour_tables": {name: t.source for name, t in tables.items()}} if tables else {}))
+    return CTPSummary(output, list(cases), channels, unmatched)

@@ -118,3 +118,71 @@ def _redirect(image):
     image = sitk.Image(image)
     image.SetDirection((0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0))
     return image
+
+
+# ------------------------------------------------------------------------ colour-coded maps
+def _colour_bar(n=101):
+    """A rainbow colour bar: value i (0..n-1) drawn as a distinct colour (blue -> green -> red)."""
+    t = np.linspace(0.0, 1.0, n)
+    rgb = np.stack([np.clip(2 * t - 1, 0, 1), 1 - np.abs(2 * t - 1), np.clip(1 - 2 * t, 0, 1)], axis=1)
+    return np.arange(n, dtype=float), np.round(rgb * 255)
+
+
+def test_colour_coded_map_is_read_back_to_its_values_through_its_colour_bar(tmp_path, capsys):
+    values, colours = _colour_bar()
+    table = tmp_path / "cbf_bar.csv"
+    table.write_text("value,r,g,b\n" + "".join(f"{v:g},{r:g},{g:g},{b:g}\n" for v, (r, g, b) in zip(values, colours)))
+    src = _write_cases(tmp_path / "in", maps=MAPS[:4])
+    truth = {}
+    rng = np.random.default_rng(1)
+    for case in ("p1", "p2", "p3"):  # CBF drawn as a picture: each value's colour, black outside the brain
+        level = rng.integers(0, 101, size=SHAPE)
+        brain = np.zeros(SHAPE, bool)
+        brain[2:10, 3:17, 4:20] = True
+        noise = rng.integers(-1, 2, size=SHAPE + (3,))  # compression noise, under half a colour step (about 5)
+        rgb = np.where(brain[..., None], np.clip(colours[level] + noise, 0, 255), 0).astype(np.uint8)
+        picture = sitk.GetImageFromArray(rgb, isVector=True)
+        picture.SetSpacing(SPACING)
+        picture.SetOrigin(ORIGIN)
+        sitk.WriteImage(picture, str(src / "CBF" / f"{case}.nii.gz"))
+        truth[case] = np.where(brain, level, 0.0)
+    out = tmp_path / "Dataset645_Colour"
+    before = _digest(src)
+    assert main(["ctp-dataset", str(src), str(out), "--colour-table", f"CBF={table}", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "CBF: colours read with its table; voxels off the colour bar: at most" in printed
+    for case, expected in truth.items():
+        written = sitk.ReadImage(str(out / "imagesTr" / f"{case}_0000.nii.gz"))
+        assert written.GetNumberOfComponentsPerPixel() == 1
+        assert np.array_equal(sitk.GetArrayFromImage(written), expected.astype(np.float32)), case
+        assert np.allclose(written.GetOrigin(), ORIGIN) and np.allclose(written.GetSpacing(), SPACING)
+    # the grey-scale maps are as they were
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out / "imagesTr" / "p1_0001.nii.gz"))),
+                          sitk.GetArrayFromImage(sitk.ReadImage(str(src / "CBV" / "p1.nii.gz"))))
+    assert json.loads((out / "dataset.json").read_text())["colour_tables"] == {"CBF": str(table)}
+    assert _digest(src) == before
+    # without the table the picture is refused with the way out; a table for no map, or a bad table, too
+    assert main(["ctp-dataset", str(src), str(tmp_path / "Dataset646_X"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "case 'p1': CBF" in err and "--colour-table CBF=TABLE.csv" in err, err
+    assert main(["ctp-dataset", str(src), str(tmp_path / "Dataset646_X"), "--colour-table", f"MIP={table}"]) == 2
+    assert "colour table(s) given for MIP, which is not a map of this dataset" in capsys.readouterr().err
+    for text, message in (("value,r,g\n1,2,3\n", "missing b"), ("value,r,g,b\n1,0,0,0\n2,0,0,0\n", "stands for both"),
+                          ("value,r,g,b\n1,0,0,300\n2,0,0,0\n", "0..255"), ("value,r,g,b\n1,x,0,0\n2,0,0,0\n", "line 2")):
+        table.write_text(text)
+        assert main(["ctp-dataset", str(src), str(tmp_path / "Dataset646_X"), "--colour-table", f"CBF={table}"]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "Dataset646_X").exists()
+
+
+def test_colours_off_the_bar_are_filled_and_counted():
+    from nnunet_ssl.colour_maps import ColourTable, colours_to_values
+
+    table = ColourTable.from_rows([(10.0, 255, 0, 0), (20.0, 0, 255, 0)])
+    rgb = np.array([[250, 10, 0], [10, 240, 10], [120, 120, 0], [0, 0, 0]])
+    values, unmatched = colours_to_values(rgb, table, max_distance=30)
+    assert values.tolist() == [10.0, 20.0, 10.0, 10.0] and unmatched.tolist() == [False, False, True, True]
+    values, _ = colours_to_values(rgb, table, max_distance=30, fill=-1.0)
+    assert values.tolist() == [10.0, 20.0, -1.0, -1.0]
+    _, unmatched = colours_to_values(rgb, table, max_distance=200)  # (120, 120, 0) is 170 from both
+    assert unmatched.tolist() == [False, False, False, True]
