@@ -40,6 +40,7 @@ class ClotSummary:
     cases: list[str]
     transforms: dict[str, sitk.Transform] = field(default_factory=dict)  # case -> CTA point -> NCCT point
     metrics: dict[str, float] = field(default_factory=dict)              # case -> final metric value
+    boxes: dict[str, tuple[float, ...]] = field(default_factory=dict)    # case -> template box on the case (mm)
 
 
 def crop_box(image: sitk.Image, box_mm: Sequence[float], case: str = "case") -> tuple[int, ...]:
@@ -66,6 +67,22 @@ def crop_box(image: sitk.Image, box_mm: Sequence[float], case: str = "case") -> 
                         f"span {image.GetOrigin()} .. "
                         f"{image.TransformIndexToPhysicalPoint([s - 1 for s in image.GetSize()])} mm)")
     return tuple(int(v) for v in start) + tuple(int(v) for v in stop)
+
+
+def template_box_on_case(box_mm: Sequence[float], case_to_template: sitk.Transform) -> tuple[float, ...]:
+    """The box ``(x0, y0, z0, x1, y1, z1)`` given in a template's physical space, on a case: the
+    axis-aligned bounds of its eight corners mapped by the inverse of ``case_to_template``.
+
+    Example:
+        >>> shift = sitk.TranslationTransform(3, (10.0, 0.0, -5.0))  # case point -> template point
+        >>> template_box_on_case((0, 0, 0, 20, 30, 40), shift)
+        (-10.0, 0.0, 5.0, 10.0, 30.0, 45.0)
+    """
+    inverse = case_to_template.GetInverse()
+    lo, hi = np.minimum(box_mm[:3], box_mm[3:]), np.maximum(box_mm[:3], box_mm[3:])
+    corners = np.array([inverse.TransformPoint((float(x), float(y), float(z)))
+                        for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    return tuple(float(v) for v in corners.min(axis=0)) + tuple(float(v) for v in corners.max(axis=0))
 
 
 def _crop(image: sitk.Image, r: Sequence[int]) -> sitk.Image:
@@ -107,14 +124,18 @@ def save_registration_qc(path: Path, cta: sitk.Image, ncct: sitk.Image, label: s
 def write_clot_dataset(source: Path | str, output_folder: Path | str, box_mm: Optional[Sequence[float]] = None,
                        npy_spacing: Optional[Sequence[float]] = None, overwrite: bool = False,
                        settings: RegistrationSettings = RegistrationSettings(), progress: bool = True,
-                       dataset_name: Optional[str] = None) -> ClotSummary:
+                       dataset_name: Optional[str] = None, template: Optional[Path | str] = None) -> ClotSummary:
     """Register every case's NCCT to its CTA and write a two-channel nnU-Net raw dataset.
 
     Args:
         source: Folder with ``cta/``, ``ncct/`` and ``labels/`` sub-folders (``CASE.nii.gz``,
             ``.nrrd``, ``.npy`` ...), or a CSV with columns ``case,cta,ncct,label``.
         output_folder: The new dataset, e.g. ``$nnUNet_raw/Dataset620_Clot``.
-        box_mm: Optional crop ``(x0, y0, z0, x1, y1, z1)`` in mm (physical, LPS) applied on the CTA grid.
+        box_mm: Optional crop ``(x0, y0, z0, x1, y1, z1)`` in mm (physical, LPS) applied on the CTA grid;
+            with ``template``, in the template's physical space.
+        template: A CT (e.g. one case, or a template head) in whose space ``box_mm`` is given. It is
+            registered rigidly to every CTA (as the NCCT is) and the box's corners are mapped onto the
+            case; the crop is their axis-aligned bounding box on the CTA grid.
         npy_spacing: ``(sx, sy, sz)`` mm for ``.npy`` inputs (arrays in ``(z, y, x)`` order).
         overwrite: Replace an existing output.
         settings: Registration settings.
@@ -142,8 +163,15 @@ def write_clot_dataset(source: Path | str, output_folder: Path | str, box_mm: Op
     output = Path(output_folder).resolve()
     if box_mm is not None and len(box_mm) != 6:
         raise UserError(f"the box needs 6 numbers x0 y0 z0 x1 y1 z1 (mm), got {list(box_mm)}")
+    if template is not None and box_mm is None:
+        raise UserError("a template places a box: give the box in the template's coordinates with --box-mm")
     cases = read_case_table(source, ROLES)
-    check_output(output, [source] + [p.resolve() for f in cases.values() for p in f.values() if p], overwrite)
+    inputs = [source] + [p.resolve() for f in cases.values() for p in f.values() if p]
+    if template is not None:
+        template = Path(template).resolve()
+        inputs.append(template)
+    check_output(output, inputs, overwrite)
+    template_image = load_volume(template, "template", "template CT", npy_spacing) if template is not None else None
     summary = ClotSummary(output, list(cases))
     with partial_folder(output) as work:
         for case, files in tqdm(cases.items(), desc="clot-dataset", unit="case", disable=not progress):
@@ -158,7 +186,12 @@ def write_clot_dataset(source: Path | str, output_folder: Path | str, box_mm: Op
             transform, metric = register_rigid(cta, ncct, case, settings)
             registered = sitk.Resample(ncct, cta, transform, sitk.sitkLinear, HU_AIR, sitk.sitkFloat32)
             if box_mm is not None:
-                r = crop_box(cta, box_mm, case)
+                box = box_mm
+                if template_image is not None:
+                    case_to_template, _ = register_rigid(cta, template_image, case, settings)
+                    box = template_box_on_case(box_mm, case_to_template)
+                    summary.boxes[case] = box
+                r = crop_box(cta, box, case)
                 cta, registered, label = _crop(cta, r), _crop(registered, r), _crop(label, r)
             write_image(cta, work / "imagesTr" / f"{case}_0000.nii.gz", sitk.sitkFloat32)
             write_image(registered, work / "imagesTr" / f"{case}_0001.nii.gz", sitk.sitkFloat32)
@@ -170,6 +203,7 @@ def write_clot_dataset(source: Path | str, output_folder: Path | str, box_mm: Op
                               file_ending=".nii.gz", dataset_name=dataset_name or output.name,
                               description="CTA (channel 0) and NCCT rigidly registered to the CTA (channel 1)",
                               channel_roles=CHANNEL_ROLES, crop_box_mm=list(box_mm) if box_mm is not None else None,
+                              **({"crop_box_template": str(template)} if template is not None else {}),
                               registration={"transform": "Euler3DTransform", "metric": "Mattes mutual information",
                                             "shrink_factors": list(settings.shrink_factors),
                                             "smoothing_mm": list(settings.smoothing_mm)})

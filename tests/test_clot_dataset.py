@@ -120,3 +120,37 @@ def test_csv_with_npy_inputs_and_refusals_name_the_case(inputs, tmp_path, capsys
     # an existing output is kept unless --overwrite
     with pytest.raises(UserError, match="exists; pass --overwrite"):
         write_clot_dataset(table, tmp_path / "Dataset622_A", npy_spacing=(1, 1, 1))
+
+
+def test_a_box_given_on_a_template_is_mapped_onto_each_case(tmp_path):
+    from nnunet_ssl.clot_dataset import template_box_on_case
+
+    template, _ = _cta(3)
+    root = tmp_path / "inputs"
+    moves = {"t1": sitk.Euler3DTransform((0.0, 0.0, 0.0), 0.0, 0.0, np.deg2rad(5.0), (6.0, -4.0, 3.0)),
+             "t2": sitk.Euler3DTransform((0.0, 0.0, 0.0), np.deg2rad(-4.0), 0.0, 0.0, (-5.0, 3.0, -2.0))}
+    for case, move in moves.items():  # each CTA is the template seen through its move: CTA(p) = template(move(p))
+        cta = sitk.Resample(template, template, move, sitk.sitkLinear, -1000.0)
+        label = sitk.Image(cta.GetSize(), sitk.sitkUInt8)
+        label.CopyInformation(cta)
+        for role, image in (("cta", cta), ("ncct", cta), ("labels", label)):
+            (root / role).mkdir(parents=True, exist_ok=True)
+            sitk.WriteImage(image, str(root / role / f"{case}.nii.gz"))
+    template_file = tmp_path / "template.nii.gz"
+    sitk.WriteImage(template, str(template_file))
+    box = (-10.0, -12.0, -6.0, 10.0, 8.0, 6.0)  # mm, in the template's space
+    out = tmp_path / "Dataset621_ClotBox"
+    assert main(["clot-dataset", str(root), str(out), "--box-mm", *map(str, box), "--template", str(template_file),
+                 "--no-progress"]) == 0
+    for case, move in moves.items():
+        cta = sitk.ReadImage(str(root / "cta" / f"{case}.nii.gz"))
+        want = crop_box(cta, template_box_on_case(box, move), case)  # the box through the true move
+        plain = crop_box(cta, box, case)  # the same numbers read on the case
+        written = sitk.ReadImage(str(out / "imagesTr" / f"{case}_0000.nii.gz"))
+        start = np.round(cta.TransformPhysicalPointToContinuousIndex(written.GetOrigin())).astype(int)
+        got = tuple(start) + tuple(start + np.array(written.GetSize()))
+        assert np.abs(np.subtract(got, want)).max() <= 1, (case, got, want)
+        assert np.abs(np.subtract(got, plain)).max() >= 3, (case, got, plain)  # the template mattered
+    assert json.loads((out / "dataset.json").read_text())["crop_box_template"] == str(template_file)
+    with pytest.raises(UserError, match="give the box in the template's coordinates"):
+        write_clot_dataset(root, tmp_path / "Dataset622_X", template=template_file, progress=False)

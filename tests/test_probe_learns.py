@@ -14,6 +14,7 @@ docs/label-efficiency.md for the figures.
 """
 import copy
 import json
+import os
 import random
 
 import numpy as np
@@ -65,6 +66,8 @@ def _desd(plans, dataset_json, fold):
     return trainer, lambda t: t.network.teacher.encoder
 
 
+OPT_IN = pytest.mark.skipif(not os.environ.get("NNUNET_SSL_PROBE_ALL"),
+                            reason="opt-in (NNUNET_SSL_PROBE_ALL=1): passes by under 0.01, see docs/methods.md")
 METHODS = [
     pytest.param(_pretext("nnunet_ssl.ssl.mae.trainer", "nnUNetTrainerMAE", "ssl_mae"), id="mae"),
     pytest.param(_pretext("nnunet_ssl.ssl.genesis.trainer", "nnUNetTrainerModelsGenesis", "ssl_genesis"),
@@ -73,6 +76,16 @@ METHODS = [
                  id="inpainting"),
     pytest.param(_pretext("nnunet_ssl.ssl.rotation.trainer", "nnUNetTrainerRotation", "ssl_rotation"),
                  id="rotation"),
+    # the contrastive methods, opt-in (NNUNET_SSL_PROBE_ALL=1): measured 0.587 -> 0.646 (SimCLR) and -> 0.638
+    # (CM-UNet), under 0.01 above the margin, so the default suite would hang on float rounding of
+    # the CPU; MoCo 0.587 -> 0.566 (strict xfail when run)
+    pytest.param(_pretext("nnunet_ssl.ssl.simclr.trainer", "nnUNetTrainerSimCLR", "ssl_simclr"), id="simclr",
+                 marks=OPT_IN),
+    pytest.param(_pretext("nnunet_ssl.ssl.moco.trainer", "nnUNetTrainerMoCo", "ssl_moco"), id="moco",
+                 marks=[OPT_IN, pytest.mark.xfail(strict=True, reason="MoCo does not improve the lesion probe in "
+                                                  "80 iterations on phantoms")]),
+    pytest.param(_pretext("nnunet_ssl.ssl.cmunet.trainer", "nnUNetTrainerCMUNet", "ssl_cmunet"), id="cmunet",
+                 marks=OPT_IN),
     # measured: in 80 (and in 150) iterations DeSD's teacher encoder scores what it scored untrained (within 0.002),
     # see docs/label-efficiency.md; strict, so a DeSD that starts to pass is noticed
     pytest.param(_desd, id="desd", marks=pytest.mark.xfail(

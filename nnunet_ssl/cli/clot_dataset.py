@@ -18,6 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--box-mm", nargs=6, type=float, default=None, metavar=("X0", "Y0", "Z0", "X1", "Y1", "Z1"),
                         help="crop every case to this box in physical coordinates (mm, the images' LPS frame), "
                              "e.g. around the circle of Willis")
+    parser.add_argument("--template", default=None, metavar="TEMPLATE_CT",
+                        help="give --box-mm in the physical space of this CT (e.g. one case, or a template head): it "
+                             "is registered rigidly to every CTA and the box is mapped onto each case")
     add_raw_dataset_arguments(parser)
 
 
@@ -26,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from nnunet_ssl.clot_dataset import QC_FOLDER, write_clot_dataset
 
     summary = write_clot_dataset(args.input, args.output, args.box_mm, npy_spacing(args), overwrite=args.overwrite,
-                                 progress=not args.no_progress)
+                                 progress=not args.no_progress, template=args.template)
     print(f"Wrote {summary.output}: {len(summary.cases)} case(s), channel 0 CTA, channel 1 NCCT registered to it; "
           f"QC pictures in {summary.output / QC_FOLDER}")
     return 0
