@@ -27,6 +27,7 @@ COMMANDS = {
     "clot-dataset": "clot_dataset",
     "ctp-dataset": "ctp_dataset",
     "prepare-aspects": "prepare_aspects",
+    "pretrain": "pretrain",
 }
 
 

@@ -66,14 +66,18 @@ from nnunet_ssl.desd.schedules import cosine_schedule, teacher_temperature_sched
 from nnunet_ssl.desd.settings import DeSDSettings
 from nnunet_ssl.desd.step import StepSchedule, forward_views, make_optimizer, train_step
 from nnunet_ssl.desd.views import ViewPairLoader
+from nnunet_ssl.distributed import ddp_device_ids, place_process, sync_batchnorm
 
 
 class nnUNetTrainerDeSD(nnUNetTrainer):
     """DeSD pretraining of the plans' encoder; see the module docstring for the contract."""
 
+    SUPPORTS_LAUNCHER = True  # runs as one process of torchrun (nnunet_ssl.distributed)
+
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
+        place_process(self, device)
         patch_size = self.configuration_manager.patch_size
         settings = DeSDSettings.from_configuration(self.configuration_manager.configuration)
         if len(patch_size) == 2 and "view_size" not in (self.configuration_manager.configuration.get("ssl") or {}):
@@ -130,12 +134,12 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
                                "DeSD needs a dynamic-network-architectures U-Net")
         network = DeSDNetwork.from_settings(encoder, s)
         if self.is_ddp:
-            network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(network)
+            network = sync_batchnorm(network, self.device)
         self.network = network.to(self.device)
         if self._do_i_compile():  # nnU-Net's rule (CUDA, nnUNet_compile); the encoders, not the heads
             self.print_to_log_file("Using torch.compile for the student and teacher encoders...")
             self.network.compile_encoders()
-        self.student = DDP(self.network.student, device_ids=[self.local_rank]) if self.is_ddp \
+        self.student = DDP(self.network.student, device_ids=ddp_device_ids(self.device)) if self.is_ddp \
             else self.network.student
         self.optimizer = make_optimizer(self.network.student)
         self.lr_scheduler = None

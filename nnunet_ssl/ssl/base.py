@@ -46,6 +46,7 @@ from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast
 
 from nnunet_ssl.checkpoint import nnssl_adaptation_plan, save_trainer_checkpoint, ssl_metadata
+from nnunet_ssl.distributed import ddp_device_ids, place_process, sync_batchnorm
 from nnunet_ssl.finetune.freezing import unwrap
 from nnunet_ssl.ssl.restoration import masked_mse, reconstruction_score
 from nnunet_ssl.ssl.contrastive import PooledHeadNetwork, projection_head, two_views
@@ -69,10 +70,12 @@ class nnUNetTrainerPretext(nnUNetTrainer):
     """
 
     settings_class: type[PretextSettings] = PretextSettings
+    SUPPORTS_LAUNCHER = True  # runs as one process of torchrun (nnunet_ssl.distributed)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
+        place_process(self, device)
         self.ssl_settings = self.settings_class.from_configuration(self.configuration_manager.configuration)
         s = self.ssl_settings
         self.num_epochs = s.num_epochs
@@ -91,7 +94,21 @@ class nnUNetTrainerPretext(nnUNetTrainer):
                                                         num_input_channels, False)
 
     def initialize(self):
-        super().initialize()
+        # nnU-Net's initialize puts DDP on GPU `global rank`, which exists on one node only and not on the
+        # CPU; it runs here without its DDP step, which follows on this process's own device
+        ddp, self.is_ddp = self.is_ddp, False
+        try:
+            super().initialize()
+        finally:
+            self.is_ddp = ddp
+        if ddp:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self._set_batch_size_and_oversample()  # this process's share of the global batch
+            # static graph: a method leaves the same parameters unused in every step (deep-supervision
+            # outputs, the decoder of the encoder-only methods), which plain DDP refuses
+            self.network = DDP(sync_batchnorm(self.network, self.device), device_ids=ddp_device_ids(self.device),
+                               static_graph=True)
         block = self.settings_class.BLOCK
         self.print_to_log_file(f"{block} settings:\n" + json.dumps(self.ssl_settings.to_dict(), indent=1),
                                also_print_to_console=False)
