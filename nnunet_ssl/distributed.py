@@ -93,6 +93,9 @@ def run_pretraining(dataset: str, configuration: str, fold: str, trainer: str, p
             raise UserError(f"{trainer} is not an nnunet-ssl SSL trainer; under torchrun start it with "
                             "nnU-Net's own `nnUNetv2_train -num_gpus N` (one machine)")
         maybe_load_checkpoint(t, continue_training, False, None)
+        if requested.type == "cuda":  # as nnUNetv2_train
+            torch.backends.cudnn.deterministic = False
+            torch.backends.cudnn.benchmark = True
         t.run_training()
     finally:
         if joined:

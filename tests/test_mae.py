@@ -140,3 +140,42 @@ def test_loss_of_half_precision_predictions_is_computed_in_float32():
     mask = torch.ones(1, 1, 64, 64, 64, dtype=torch.bool)
     loss = masked_reconstruction_loss(prediction, target, mask)
     assert loss.dtype == torch.float32 and loss.item() == pytest.approx(4.0)
+
+
+# ------------------------------------------------------------------------ sparse encoding (SparK)
+def test_visible_sites_at_coarser_maps_are_any_visible_voxel_of_the_cell():
+    from nnunet_ssl.ssl.mae.masking import visible_at
+
+    visible = torch.zeros(1, 1, 5, 4, dtype=torch.bool)
+    visible[0, 0, 4, 0] = True  # the last row: its cell is the odd one of a ceil grid
+    visible[0, 0, 1, 3] = True
+    assert visible_at(visible, (3, 2))[0, 0].tolist() == [[False, True], [False, False], [True, False]]
+    assert visible_at(visible, (5, 4)) is visible
+    with pytest.raises(ValueError, match="not a strided grid"):
+        visible_at(visible, (4, 4))
+
+
+def test_sparse_encoder_keeps_masked_sites_empty_at_every_stage(tiny_unet):
+    from nnunet_ssl.ssl.mae.masking import SparseEncoder, block_mask, visible_at
+
+    x = torch.randn(2, 1, 16, 16, 16, generator=torch.Generator().manual_seed(0))
+    mask = block_mask(x.shape, (4, 4, 4), 0.6, torch.Generator().manual_seed(1), x.device)
+    visible = ~mask.any(dim=1, keepdim=True)
+    masked = x.masked_fill(mask, 0)
+    tiny_unet.encoder.return_skips = True
+    sparse = SparseEncoder(tiny_unet.encoder)
+    with torch.no_grad():
+        with sparse.active(visible):
+            stages = tiny_unet.encoder(masked)
+            tiny_unet(masked)  # the whole U-Net runs with it
+        dense = tiny_unet.encoder(masked)
+        with sparse.active(torch.ones_like(visible)):
+            all_visible = tiny_unet.encoder(masked)
+    for features, plain, full in zip(stages, dense, all_visible):
+        hidden = ~visible_at(visible, features.shape[2:])
+        assert hidden.any() and (features * hidden).abs().max() == 0  # nothing in the hidden sites
+        assert (plain * hidden).abs().max() > 0  # a dense encoder fills them from their surroundings
+        torch.testing.assert_close(full, plain)  # nothing hidden: the plain encoder
+    sparse.remove()
+    with torch.no_grad():
+        torch.testing.assert_close(tiny_unet.encoder(masked)[-1], dense[-1])

@@ -139,10 +139,14 @@ class nnUNetTrainerPretext(nnUNetTrainer):
         data = batch["data"].to(self.device, non_blocking=True)
         with torch.no_grad():
             inputs, targets = self.pretext_batch(data, generator)
-        with self.autocast():
+        with self.autocast(), self.forward_context(targets):
             output = self.network(inputs)
             loss, stats = self.pretext_loss(output, targets)
         return loss, stats, targets
+
+    def forward_context(self, targets: dict):
+        """Context of the network's forward pass in a step (a method may return hooks, e.g. MAE's sparse encoder)."""
+        return dummy_context()
 
     def train_step(self, batch: dict) -> dict:
         self.optimizer.zero_grad(set_to_none=True)

@@ -34,13 +34,16 @@ class MAESettings(PretextSettings):
     """
 
     BLOCK: ClassVar[str] = BLOCK_KEY
-    PARSERS: ClassVar[dict] = {"mask_ratio": open_fraction, "block_size": sizes, "norm_pix_loss": boolean}
+    PARSERS: ClassVar[dict] = {"mask_ratio": open_fraction, "block_size": sizes, "norm_pix_loss": boolean,
+                               "sparse": boolean}
 
     mask_ratio: float = 0.6
     # block edge per axis (one number: a cube); None: gcd(8, total encoder stride) per axis
     block_size: Optional[tuple[int, ...]] = None
     # MAE's norm_pix_loss: the target of each block is normalised by its own mean and std
     norm_pix_loss: bool = False
+    # SparK: masked sites stay empty at every encoder stage (features re-masked after every conv block)
+    sparse: bool = True
 
     def block_for(self, patch_size, strides) -> tuple[int, ...]:
         """The block size per axis for a patch and the encoder's per-stage strides (:func:`mask_block_for`).

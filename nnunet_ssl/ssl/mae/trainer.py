@@ -5,6 +5,10 @@ A restoration method on :class:`~nnunet_ssl.ssl.base.nnUNetTrainerRestoration`
 
 * Corruption: whole aligned blocks of the augmented patch ``data`` are set to 0 (the
   mean after nnU-Net's normalisation), exactly ``mask_ratio`` of the blocks per sample.
+* Sparse encoding (``sparse``, default on; SparK): during the steps the features of masked
+  sites are set to 0 after every conv block of the encoder, at every stage's resolution
+  (:class:`~nnunet_ssl.ssl.mae.masking.sparse_encoder`), so the encoder never fills the hidden
+  regions from their surroundings; the decoder fills them. The trained network is a plain U-Net.
 * Loss: the mean squared error on the masked voxels
   (:func:`~nnunet_ssl.ssl.mae.masking.masked_reconstruction_loss`), optionally
   against per-block normalised targets (``norm_pix_loss``).
@@ -19,7 +23,8 @@ from __future__ import annotations
 import torch
 
 from nnunet_ssl.ssl.base import VALIDATION_SEED, nnUNetTrainerRestoration
-from nnunet_ssl.ssl.mae.masking import block_mask, masked_reconstruction_loss
+from nnunet_ssl.finetune.freezing import unwrap
+from nnunet_ssl.ssl.mae.masking import block_mask, masked_reconstruction_loss, SparseEncoder
 from nnunet_ssl.ssl.mae.settings import MAESettings
 from nnunet_ssl.ssl.restoration import reconstruction_score  # noqa: F401  (its home before the base)
 
@@ -44,9 +49,16 @@ class nnUNetTrainerMAE(nnUNetTrainerRestoration):
     def initialize(self):
         super().initialize()
         s = self.ssl_settings
+        # before the first forward pass, so that torch.compile (lazy) traces the hooks
+        self._sparse = SparseEncoder(unwrap(self.network).encoder) if s.sparse else None
         self.print_to_log_file(f"MAE: mask ratio {s.mask_ratio}, blocks {list(self.mask_block)} "
                                f"of patches {list(self.configuration_manager.patch_size)}, "
-                               f"norm_pix_loss {s.norm_pix_loss}")
+                               f"norm_pix_loss {s.norm_pix_loss}, sparse encoder {s.sparse}")
+
+    def forward_context(self, targets):
+        if getattr(self, "_sparse", None) is None:
+            return super().forward_context(targets)
+        return self._sparse.active(~targets["mask"].any(dim=1, keepdim=True))
 
     def corrupt(self, data, generator):
         mask = block_mask(data.shape, self.mask_block, self.ssl_settings.mask_ratio, generator, data.device)
