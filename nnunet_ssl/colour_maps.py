@@ -103,16 +103,10 @@ def read_colour_volume(path: Path, case: str, role: str, npy_spacing: Optional[S
     """An RGB(A) volume as a SimpleITK vector image (alpha dropped): an image file with 3 or 4
     components per voxel, or a ``.npy`` array ``(z, y, x, 3 or 4)`` with ``npy_spacing``."""
     from nnunet_ssl.ct.io import CaseError, check_image_file
-    from nnunet_ssl.raw_dataset import NPY_SUFFIX
+    from nnunet_ssl.raw_dataset import NPY_SUFFIX, load_npy
 
     if path.name.lower().endswith(NPY_SUFFIX):
-        if npy_spacing is None:
-            raise UserError(f"case '{case}': {role} {path.name} is a .npy array, which holds no voxel spacing; "
-                            "give it with --npy-spacing SX SY SZ (mm)")
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise UserError(f"case '{case}': cannot read {role} {path.name}: {e}") from None
+        array = load_npy(path, case, role, npy_spacing)
         if array.ndim != 4 or array.shape[-1] not in (3, 4) or not np.issubdtype(array.dtype, np.number):
             raise UserError(f"case '{case}': {role} {path.name} has shape {array.shape}; a colour map needs "
                             "(z, y, x, 3) or (z, y, x, 4) numbers")

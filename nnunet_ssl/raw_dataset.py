@@ -134,6 +134,17 @@ def read_case_table(source: Path | str, roles: Sequence[str],
     return dict(sorted(cases.items()))
 
 
+def load_npy(path: Path, case: str, role: str, npy_spacing: Optional[Sequence[float]]) -> np.ndarray:
+    """The array of a ``.npy`` input; refused, naming the case and role, without ``npy_spacing`` or when unreadable."""
+    if npy_spacing is None:
+        raise UserError(f"case '{case}': {role} {path.name} is a .npy array, which holds no voxel spacing; "
+                        "give it with --npy-spacing SX SY SZ (mm)")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise UserError(f"case '{case}': cannot read {role} {path.name}: {e}") from None
+
+
 def load_volume(path: Path, case: str, role: str, npy_spacing: Optional[Sequence[float]] = None,
                 pixel_type: int = sitk.sitkFloat32) -> sitk.Image:
     """Read one input: an image file through the project's reader, or a ``.npy`` array.
@@ -146,13 +157,7 @@ def load_volume(path: Path, case: str, role: str, npy_spacing: Optional[Sequence
             without ``npy_spacing`` or is not a finite 3D array.
     """
     if path.name.lower().endswith(NPY_SUFFIX):
-        if npy_spacing is None:
-            raise UserError(f"case '{case}': {role} {path.name} is a .npy array, which holds no voxel spacing; "
-                            "give it with --npy-spacing SX SY SZ (mm)")
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise UserError(f"case '{case}': cannot read {role} {path.name}: {e}") from None
+        array = load_npy(path, case, role, npy_spacing)
         if array.ndim != 3 or not np.issubdtype(array.dtype, np.number):
             raise UserError(f"case '{case}': {role} {path.name} has shape {array.shape} ({array.dtype}); "
                             "a 3D numeric array (z, y, x) is required")
