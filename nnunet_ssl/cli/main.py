@@ -28,6 +28,7 @@ COMMANDS = {
     "ctp-dataset": "ctp_dataset",
     "prepare-aspects": "prepare_aspects",
     "pretrain": "pretrain",
+    "experiment": "experiment",
 }
 
 
