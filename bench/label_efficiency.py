@@ -1,7 +1,8 @@
 """Label-efficiency benchmark on phantoms: Dice of scratch-n and ssl-n fine-tuning for a few label counts.
 
-Everything (nnU-Net's folders, logs, ``results.json``, ``label_efficiency.png``) goes
-into the output folder; the same command continues an interrupted run. See
+A fixed instance of ``nnunet-ssl experiment`` on phantoms: the phantoms go to ``OUTPUT/data``,
+the experiment (nnU-Net's folders, arms, logs, ``results.json``, ``report.md``, plots) to
+``OUTPUT/experiment``; the same command continues an interrupted run. See
 ``docs/label-efficiency.md`` and :mod:`nnunet_ssl.label_efficiency`.
 
 Usage::

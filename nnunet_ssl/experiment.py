@@ -548,7 +548,9 @@ def open_results(output: Path, config_json: dict, force: bool, fmt: str = FORMAT
         differ = sorted(k for k in set(old) | set(new) if k not in extendable and old.get(k) != new.get(k))
         old_m, new_m = old.get("methods") or {}, new.get("methods") or {}
         if isinstance(old_m, dict) and isinstance(new_m, dict):
-            differ += [f"methods.{m}" for m in sorted(set(old_m) & set(new_m)) if old_m[m] != new_m[m]]
+            differ += [f"methods.{m}" for m in sorted(set(old_m) & set(new_m))  # a method's counts may change
+                       if {k: v for k, v in old_m[m].items() if k != "counts"} !=
+                       {k: v for k, v in new_m[m].items() if k != "counts"}]
         if differ:
             raise UserError(f"{output} holds a run with other settings ({', '.join(differ)}); continue it with "
                             "the same settings, choose another folder, or pass --force to start over")

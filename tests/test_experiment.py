@@ -297,3 +297,26 @@ def test_two_methods_two_counts_two_seeds_killed_and_resumed(tmp_path):
     assert (out / "report.md").read_text()[report.index("## Test Dice"):] == table
     # nothing outside the experiment folder changed
     assert {name: _tree(tmp_path / name) for name in inputs} == inputs
+
+
+def test_subsets_are_seeded_nested_and_independent_of_other_counts():
+    pool = [f"case_{i:03d}" for i in range(14)]
+    a = ex.labelled_subsets(pool, [2, 4, 7, 14], seed=0)
+    assert a == ex.labelled_subsets(pool, [2, 4, 7, 14], seed=0)
+    assert a[2] == a[4][:2] and a[4] == a[7][:4] and sorted(a[14]) == pool
+    assert ex.labelled_subsets(pool, [4], seed=0)[4] == a[4]  # the other counts change nothing
+    assert ex.labelled_subsets(pool, [4], seed=1)[4] != a[4]
+    with pytest.raises(UserError, match="cannot be drawn"):
+        ex.labelled_subsets(pool, [15], seed=0)
+
+
+def test_first_case_of_every_subset_has_a_lesion_and_folds_are_consistent():
+    pool = [f"c{i}" for i in range(8)]
+    for seed in range(20):
+        assert ex.labelled_subsets(pool, [1, 3], seed, with_lesion=["c5"])[1] == ["c5"]
+    with pytest.raises(UserError, match="no case"):
+        ex.labelled_subsets(pool, [1], 0, with_lesion=[])
+    with pytest.raises(ValueError, match="different training cases"):
+        ex.folds([ex.Arm("ssl", 1, 0, 0, ("a",)), ex.Arm("scratch", 1, 0, 0, ("b",))], ["v"])
+    with pytest.raises(ValueError, match="validation cases"):
+        ex.folds([ex.Arm("ssl", 1, 0, 0, ("v",))], ["v"])
