@@ -320,3 +320,21 @@ def test_first_case_of_every_subset_has_a_lesion_and_folds_are_consistent():
         ex.folds([ex.Arm("ssl", 1, 0, 0, ("a",)), ex.Arm("scratch", 1, 0, 0, ("b",))], ["v"])
     with pytest.raises(ValueError, match="validation cases"):
         ex.folds([ex.Arm("ssl", 1, 0, 0, ("v",))], ["v"])
+
+
+def test_seed_paper_preset_is_a_valid_config_and_its_steps_are_counted(monkeypatch):
+    import importlib.util
+
+    monkeypatch.setenv("nnUNet_raw", "/data/raw")
+    config = ex.load_config(REPO / "docs" / "presets" / "seed-paper-grid.json")
+    ex.check_methods(config)
+    assert set(config.pools) == {"all", "positive", "negative", "all-contra"} and config.ensemble and config.min_lesion_ml == 3.0
+    spec = importlib.util.spec_from_file_location("experiment_time", REPO / "bench" / "experiment_time.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    steps = module.steps(config, pool_size=110)
+    assert steps["pretrain"] == {m: 100 * (9600 + 50) for m in ("desd-all", "desd-sa-all", "desd-positive",
+                                                                "desd-negative")}
+    assert steps["arms"] == {m: 4 * 3 for m in config.methods} and steps["finetune_per_arm"] == 100 * 300
+    with pytest.raises(UserError, match="'counts'.*50 labelled cases"):
+        module.steps(config, pool_size=40)

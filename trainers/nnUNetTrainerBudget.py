@@ -20,8 +20,8 @@ both read from a ``budget`` block of the plans configuration it trains::
   after training (``perform_actual_validation``), for comparisons that score
   held-out test cases themselves; the default keeps it.
 
-Names left out keep nnU-Net's values. The label-efficiency benchmark
-(``bench/label_efficiency.py``) writes this configuration.
+Names left out keep nnU-Net's values. ``nnunet-ssl experiment`` (and the label-efficiency
+benchmark, ``bench/label_efficiency.py``, which runs it) writes this configuration.
 """
 import random
 
