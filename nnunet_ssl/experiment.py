@@ -56,7 +56,8 @@ FIELDS = {
     "methods": "methods by name: \"scratch\" or {\"trainer\", \"pool\", \"settings\", \"transfer\", \"counts\"}",
     "counts": "labelled-case counts: positive integers or \"all\"",
     "seeds": "seeds: each draws the labelled subsets and seeds the fine-tuning",
-    "finetune": "fine-tuning budget: {\"epochs\", \"iterations\", \"val_iterations\", \"final_validation\"}",
+    "finetune": "fine-tuning: {\"epochs\", \"iterations\", \"val_iterations\", \"final_validation\", \"trainer\", "
+                "\"settings\"}",
     "plan": "planning of the pools: {\"base_features\", \"max_features\", \"gpu_memory_gb\", \"planner\", "
             "\"num_processes\"}",
     "configuration": "nnU-Net configuration (3d_fullres or 2d)",
@@ -69,7 +70,8 @@ FIELDS = {
     "gpus": "GPU indices: one job per GPU at a time (cuda only)",
 }
 METHOD_FIELDS = ("trainer", "pool", "settings", "transfer", "counts")
-FINETUNE_FIELDS = {"epochs": 1000, "iterations": 250, "val_iterations": 50, "final_validation": False}
+FINETUNE_FIELDS = {"epochs": 1000, "iterations": 250, "val_iterations": 50, "final_validation": False,
+                   "trainer": FINETUNE_TRAINER, "settings": {}}
 PLAN_FIELDS = ("base_features", "max_features", "gpu_memory_gb", "planner", "num_processes")
 
 
@@ -182,6 +184,12 @@ def parse_config(values: Any, base: Path = Path("."), environ: Mapping[str, str]
         if k == "final_validation":
             if not isinstance(v, bool):
                 raise _fail(f"finetune.{k}", f"must be true or false, got {json.dumps(v)}")
+        elif k == "trainer":
+            if not isinstance(v, str) or not v:
+                raise _fail(f"finetune.{k}", f"must be a trainer class name, got {json.dumps(v)}")
+        elif k == "settings":
+            if not isinstance(v, dict):
+                raise _fail(f"finetune.{k}", f"must be an object (the finetune block), got {json.dumps(v)}")
         elif isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise _fail(f"finetune.{k}", f"must be a positive integer, got {json.dumps(v)}")
     finetune = {**FINETUNE_FIELDS, **finetune}
@@ -306,8 +314,31 @@ def settings_block(trainer: str) -> str:
     return getattr(trainer_settings(trainer), "BLOCK", "ssl")
 
 
+def check_finetune(config: ExperimentConfig) -> None:
+    """The fine-tuning trainer is ``nnUNetTrainerBudget`` or a strategy of :mod:`nnunet_ssl.finetune.trainers`
+    (which applies the budget), and its ``finetune`` settings are valid."""
+    from nnunet_ssl.finetune import trainers
+    from nnunet_ssl.finetune.settings import FinetuneSettings
+
+    name, settings = config.finetune["trainer"], config.finetune["settings"]
+    strategies = sorted(n for n, cls in vars(trainers).items()
+                        if isinstance(cls, type) and issubclass(cls, trainers.nnUNetTrainerFinetune))
+    if name != FINETUNE_TRAINER and name not in strategies:
+        raise _fail("finetune.trainer", f"{name} is not {FINETUNE_TRAINER} or one of the fine-tuning strategies "
+                                        f"({', '.join(strategies)})")
+    if settings and name == FINETUNE_TRAINER:
+        raise _fail("finetune.settings", f"{FINETUNE_TRAINER} reads no finetune block; name a strategy trainer")
+    if "num_epochs" in settings:
+        raise _fail("finetune.settings", "num_epochs: the run length of every arm is finetune.epochs")
+    try:
+        FinetuneSettings.from_dict(settings)
+    except ValueError as e:
+        raise _fail("finetune.settings", str(e)) from None
+
+
 def check_methods(config: ExperimentConfig) -> None:
     """Each SSL method's trainer exists and its settings are valid (before any work)."""
+    check_finetune(config)
     for m in config.methods.values():
         if m.is_scratch:
             continue
@@ -728,8 +759,11 @@ def write_report(output: Path, config: ExperimentConfig, results: Mapping, summa
     lines = ["# Label-efficiency experiment", "",
              f"Target `{results['datasets']['target']}`; test cases: {len(results['datasets']['test'])}; "
              f"labelled pool: {len(results['datasets']['pool'])}; validation: {len(results['datasets']['val'])}.",
-             f"Fine-tuning: `{FINETUNE_TRAINER}` on `{c.configuration}`, {c.finetune['epochs']} epochs x "
-             f"{c.finetune['iterations']} iterations; seeds {', '.join(map(str, c.seeds))}.", "",
+             f"Fine-tuning: `{c.finetune['trainer']}`"
+             + (f" (settings {json.dumps(c.finetune['settings'])}; scratch: `{FINETUNE_TRAINER}`)"
+                if c.finetune["trainer"] != FINETUNE_TRAINER else "")
+             + f" on `{c.configuration}`, {c.finetune['epochs']} epochs x {c.finetune['iterations']} iterations"
+             + f"; seeds {', '.join(map(str, c.seeds))}.", "",
              "Methods:", ""]
     for m in c.methods.values():
         lines.append(f"- `{m.name}`: " + ("nnU-Net's own initialisation" if m.is_scratch else
@@ -948,7 +982,8 @@ class _Experiment:
                 "budget": {"num_epochs": f["epochs"], "num_iterations_per_epoch": f["iterations"],
                            "num_val_iterations_per_epoch": f["val_iterations"],
                            "final_validation": f["final_validation"],
-                           "fold_seeds": [seeds[k] for k in range(len(seeds))]}}
+                           "fold_seeds": [seeds[k] for k in range(len(seeds))]},
+                **({"finetune": dict(f["settings"])} if f["settings"] else {})}
             write_json_atomic(plans_file, plans)
 
     def evaluate(self, run: Runner, pred: Path, folder: Path, name: str) -> dict:
@@ -973,9 +1008,11 @@ class _Experiment:
         run = self.runner(slot, nnUNet_results=str(folder / "nnUNet_results"))
         plans = self.target_plans(pool)
         extra = [] if method.is_scratch else ["-pretrained_weights", str(self.weights(method))]
-        run.command([_bin("nnUNetv2_train"), self.target, self.budget, str(arm.fold), "-tr", FINETUNE_TRAINER,
+        # the strategy (freezing, encoder learning rate, ...) is for pretrained encoders; scratch trains as nnU-Net
+        trainer = FINETUNE_TRAINER if method.is_scratch else self.c.finetune["trainer"]
+        run.command([_bin("nnUNetv2_train"), self.target, self.budget, str(arm.fold), "-tr", trainer,
                      "-p", plans, "-device", self.c.device, *extra], f"finetune_{arm.tag}", progress_marker="Pseudo dice")
-        model = folder / "nnUNet_results" / self.target / f"{FINETUNE_TRAINER}__{plans}__{self.budget}"
+        model = folder / "nnUNet_results" / self.target / f"{trainer}__{plans}__{self.budget}"
         pred = folder / "predictions"
         run.command([_bin("nnUNetv2_predict_from_modelfolder"), "-i", str(self.output / "test" / "images"), "-o",
                      str(pred), "-m", str(model), "-f", str(arm.fold), "-device", self.c.device, "-npp", "1",

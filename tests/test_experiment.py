@@ -51,6 +51,7 @@ def _config(**changes) -> dict:
     ({"methods": {"scratch": {}, "de sd": {"trainer": "nnUNetTrainerDeSD"}}}, "methods.de sd"),
     ({"finetune": {"epochs": 0}}, "finetune.epochs"),
     ({"finetune": {"epoch": 5}}, "finetune.epoch"),
+    ({"finetune": {"settings": [1]}}, "finetune.settings"),
     ({"plan": {"base_features": 8.5}}, "plan.base_features"),
     ({"plan": {"planner": "huge"}}, "plan.planner"),
     ({"configuration": "3d_lowres"}, "configuration"),
@@ -69,7 +70,8 @@ def test_config_defaults_and_paths(tmp_path):
     c = ex.parse_config(_config(split="pre/Dataset602_T"), base=tmp_path, environ={})
     assert c.nnunet_raw == tmp_path / "raw" and c.split == tmp_path / "pre" / "Dataset602_T"
     assert c.methods["desd"].pool == "ssl" and c.methods["desd"].transfer == "encoder"
-    assert c.finetune == {"epochs": 1000, "iterations": 250, "val_iterations": 50, "final_validation": False}
+    assert c.finetune == {"epochs": 1000, "iterations": 250, "val_iterations": 50, "final_validation": False,
+                          "trainer": "nnUNetTrainerBudget", "settings": {}}
     assert c.configuration == "3d_fullres" and c.label == 1 and c.gpus == () and not c.ensemble
     with pytest.raises(UserError, match="'nnUNet_raw'"):
         ex.parse_config({k: v for k, v in _config().items() if k != "nnUNet_raw"}, environ={})
@@ -89,6 +91,19 @@ def test_trainer_settings_are_checked_before_any_work():
         config = ex.parse_config(_config(methods={"scratch": {}, "x": spec}), environ={})
         with pytest.raises(UserError, match=rf"^config field '{field}'.*{words}"):
             ex.check_methods(config)
+
+
+def test_finetuning_strategy_is_checked():
+    ok = ex.parse_config(_config(finetune={"trainer": "nnUNetTrainerUnfreezeAtN", "settings": {"unfreeze_epoch": 5}}),
+                         environ={})
+    ex.check_finetune(ok)
+    ex.check_finetune(ex.parse_config(_config(), environ={}))
+    for finetune, words in (({"trainer": "nnUNetTrainerNope"}, "not nnUNetTrainerBudget or one of"),
+                            ({"settings": {"unfreeze_epoch": 5}}, "reads no finetune block"),
+                            ({"trainer": "nnUNetTrainerUnfreezeAtN", "settings": {"num_epochs": 5}}, "num_epochs"),
+                            ({"trainer": "nnUNetTrainerWarmup", "settings": {"warmup": 5}}, "warmup")):
+        with pytest.raises(UserError, match=rf"^config field 'finetune\.(trainer|settings)'.*{words}"):
+            ex.check_finetune(ex.parse_config(_config(finetune=finetune), environ={}))
 
 
 def test_cli_refuses_a_bad_config_before_writing_anything(tmp_path):
@@ -232,7 +247,8 @@ def _phantom_experiment(root: Path) -> Path:
                     "--no-progress"], env=env, check=True, capture_output=True)
     config = _config(nnUNet_raw="user_raw", split="user_preprocessed/Dataset602_ExpTarget",
                      methods={"scratch": {}, "desd": {"trainer": "nnUNetTrainerDeSD", "settings": TINY_DESD}},
-                     finetune={"epochs": 1, "iterations": 2, "val_iterations": 1},
+                     finetune={"epochs": 1, "iterations": 2, "val_iterations": 1,
+                               "trainer": "nnUNetTrainerEncoderLR", "settings": {"encoder_lr_factor": 0.5}},
                      plan={"base_features": 8, "gpu_memory_gb": 0.5, "num_processes": 1},
                      min_lesion_ml=0.01, ensemble=True)
     path = root / "experiment.json"
@@ -282,8 +298,12 @@ def test_two_methods_two_counts_two_seeds_killed_and_resumed(tmp_path):
         assert list(record["dice_per_case"]) == results["datasets"]["test"]
         partner = results["arms"][key.replace("desd", "scratch")]
         assert record["train_cases"] == partner["train_cases"] and record["fold_seed"] == partner["fold_seed"]
+    # the SSL arms fine-tune with the strategy, scratch as nnU-Net; both with the budget and seed of the fold
     log = next((out / "arms" / "desd-2_seed1" / "nnUNet_results").rglob("training_log_*.txt")).read_text()
-    assert "nnUNetTrainerBudget: 1 epochs x 2 iterations" in log and "seed 1002" in log
+    assert "nnUNetTrainerEncoderLR: 1 epochs x 2 iterations (1 validation), seed 1002" in log
+    assert "final validation skipped" in log and '"encoder_lr_factor": 0.5' in log
+    log = next((out / "arms" / "scratch-2_seed1" / "nnUNet_results").rglob("training_log_*.txt")).read_text()
+    assert "nnUNetTrainerBudget: 1 epochs x 2 iterations (1 validation), seed 1002" in log
     assert set(results["ensembles"]) == {"scratch-1", "scratch-2", "desd-1", "desd-2"}
     report = (out / "report.md").read_text()
     assert "| desd | 2 | 2 |" in report and "Paired against scratch" in report and "Majority vote" in report

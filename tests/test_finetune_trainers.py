@@ -152,3 +152,25 @@ def test_real_finetuning_run_with_pretrained_weights(ssl_run, nnunet_env, tmp_pa
     start = torch.load(weights, weights_only=False)["network_weights"]
     enc = [k for k in start if k.startswith("encoder.")]
     assert any(not torch.equal(final[k], start[k]) for k in enc)  # trained in epoch 1
+
+
+def test_strategies_take_the_budget_block_over_their_own_length(nnunet_env):
+    pre = nnunet_env["root"] / "preprocessed" / "Dataset501_Tiny"
+    plans = json.loads((pre / "nnUNetPlans.json").read_text(encoding="utf-8"))
+    dataset_json = json.loads((pre / "dataset.json").read_text(encoding="utf-8"))
+    plans["configurations"]["3d_fullres_budget"] = {
+        "inherits_from": "3d_fullres", "finetune": {"unfreeze_epoch": 2},
+        "budget": {"num_epochs": 4, "num_iterations_per_epoch": 3, "num_val_iterations_per_epoch": 1,
+                   "final_validation": False, "fold_seeds": [7]}}
+
+    def make(cls):
+        trainer = cls(dict(plans, continue_training=False), "3d_fullres_budget", 0, dataset_json, torch.device("cpu"))
+        return trainer, torch.rand(2)
+
+    t, first = make(ft.nnUNetTrainerUnfreezeAt66)  # the preset's 100 epochs lose to the budget's 4
+    assert (t.num_epochs, t.num_iterations_per_epoch, t.num_val_iterations_per_epoch) == (4, 3, 1)
+    assert t.budget_seed == 7 and not t.final_validation
+    t2, second = make(ft.nnUNetTrainerUnfreezeAtN)
+    assert torch.equal(first, second) and t2.finetune_settings.unfreeze_epoch == 2 and t2.num_epochs == 4
+    plain, _ = _trainer(ft.nnUNetTrainerUnfreezeAtN, nnunet_env), None
+    assert plain.budget_seed is None and plain.final_validation  # no budget block: nothing changes

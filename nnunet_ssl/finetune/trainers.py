@@ -30,6 +30,7 @@ from typing import ClassVar, List, Optional
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunet_ssl.finetune.budget import BudgetMixin
 from nnunet_ssl.finetune.freezing import (
     NEVER, apply_frozen_stages, default_gradual_schedule, encoder_stages, frozen_at, gradual_unfreeze_epochs,
     rewrap_ddp, split_parameters)
@@ -37,12 +38,14 @@ from nnunet_ssl.finetune.settings import FinetuneSettings, apply_preset
 from nnunet_ssl.finetune.warmup import EpochLRScheduler, default_warmup_epochs, poly_lr, warmup_poly_lr
 
 
-class nnUNetTrainerFinetune(nnUNetTrainer):
+class nnUNetTrainerFinetune(BudgetMixin, nnUNetTrainer):
     """nnU-Net's trainer with the ``finetune`` plans block and a per-epoch freezing hook.
 
     Alone it trains like ``nnUNetTrainer`` (all parameters, poly learning rate);
     subclasses override :meth:`unfreeze_epochs` or ``configure_optimizers``.
-    ``PRESET`` holds settings a subclass fixes (they win over the plans block).
+    ``PRESET`` holds settings a subclass fixes (they win over the plans block). A
+    ``budget`` block in the configuration (:mod:`nnunet_ssl.finetune.budget`, as
+    ``nnunet-ssl experiment`` writes it) sets the run length and seed over both.
     """
 
     PRESET: ClassVar[dict] = {}
@@ -54,6 +57,9 @@ class nnUNetTrainerFinetune(nnUNetTrainer):
         self.finetune_settings, self._preset_overrides = apply_preset(settings, self.PRESET)
         if self.finetune_settings.num_epochs is not None:
             self.num_epochs = self.finetune_settings.num_epochs
+        self._has_budget = "budget" in self.configuration_manager.configuration
+        if self._has_budget:
+            self.apply_budget(fold)
         self._frozen: Optional[List[bool]] = None
 
     # ------------------------------------------------------------ hooks
@@ -66,6 +72,8 @@ class nnUNetTrainerFinetune(nnUNetTrainer):
         super().initialize()
         self.print_to_log_file(f"{type(self).__name__}: fine-tuning settings\n{self.finetune_settings}",
                                also_print_to_console=False)
+        if self._has_budget:
+            self.log_budget()
         for name in self._preset_overrides:
             self.print_to_log_file(f"WARNING: {type(self).__name__} fixes {name}="
                                    f"{getattr(self.finetune_settings, name)}; the plans' finetune block value "
