@@ -75,13 +75,18 @@ def check_output_folder(output: Path, force: bool) -> None:
             raise UserError(f"output folder {output} is not empty; choose another or pass --force "
                             f"(which removes only what the demo writes: its datasets {SSL_ID} and {TARGET_ID}, "
                             "its predictions, evaluations, logs, pretrained_encoder.pth and demo_summary.json)")
-        for name in DEMO_ENTRIES:
-            path = output / name
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            elif path.exists() or path.is_symlink():
-                path.unlink()
+        remove_entries(output, DEMO_ENTRIES)
     output.mkdir(parents=True, exist_ok=True)
+
+
+def remove_entries(output: Path, entries) -> None:
+    """Remove the named entries of ``output`` (folders, files, links; a link is removed, not followed)."""
+    for name in entries:
+        path = output / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
 
 
 def demo_environment(output: Path) -> dict:

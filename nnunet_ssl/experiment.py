@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from nnunet_ssl.demo import TRAINERS_DIR, Runner, _bin, demo_environment
+from nnunet_ssl.demo import TRAINERS_DIR, Runner, _bin, demo_environment, remove_entries
 from nnunet_ssl.errors import UserError
 
 FORMAT = "nnunet_ssl.experiment/1"
@@ -135,6 +135,17 @@ def _int_list(value, name: str, allow_all: bool = False, minimum: int = 0) -> tu
     return tuple(out)
 
 
+def _block(values: Mapping, name: str, known) -> dict:
+    """The object ``values[name]`` (empty when absent), its names all in ``known``."""
+    block = values.get(name, {})
+    if not isinstance(block, dict):
+        raise _fail(name, f"must be an object, got {json.dumps(block)}")
+    unknown = sorted(set(block) - set(known))
+    if unknown:
+        raise _fail(f"{name}.{unknown[0]}", f"unknown; known: {', '.join(known)}")
+    return block
+
+
 def load_config(path: str | os.PathLike) -> ExperimentConfig:
     """Read and check an experiment config file (JSON); every bad field is refused by name."""
     path = Path(path)
@@ -151,7 +162,7 @@ def parse_config(values: Any, base: Path = Path("."), environ: Mapping[str, str]
     """Check a config mapping; paths are relative to ``base``. Raises :class:`UserError` naming the field.
 
     Example:
-        >>> c = parse_config({"target": "501", "pools": {"all": "502"}, "nnUNet_raw": "/data",
+        >>> c = parse_config({"target": "501", "pools": {"all": "502"}, "nnUNet_raw": "raw",
         ...                   "methods": {"scratch": {}, "desd": {"trainer": "nnUNetTrainerDeSD"}},
         ...                   "counts": [2, "all"], "seeds": [0]}, environ={})
         >>> c.methods["desd"].pool, c.counts
@@ -175,12 +186,8 @@ def parse_config(values: Any, base: Path = Path("."), environ: Mapping[str, str]
     counts = _int_list(values["counts"], "counts", allow_all=True, minimum=1)
     seeds = _int_list(values["seeds"], "seeds")
     methods = _parse_methods(values["methods"], pools)
-    finetune = values.get("finetune", {})
-    if not isinstance(finetune, dict):
-        raise _fail("finetune", f"must be an object, got {json.dumps(finetune)}")
+    finetune = _block(values, "finetune", FINETUNE_FIELDS)
     for k, v in finetune.items():
-        if k not in FINETUNE_FIELDS:
-            raise _fail(f"finetune.{k}", f"unknown; known: {', '.join(FINETUNE_FIELDS)}")
         if k == "final_validation":
             if not isinstance(v, bool):
                 raise _fail(f"finetune.{k}", f"must be true or false, got {json.dumps(v)}")
@@ -193,12 +200,8 @@ def parse_config(values: Any, base: Path = Path("."), environ: Mapping[str, str]
         elif isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise _fail(f"finetune.{k}", f"must be a positive integer, got {json.dumps(v)}")
     finetune = {**FINETUNE_FIELDS, **finetune}
-    plan = values.get("plan", {})
-    if not isinstance(plan, dict):
-        raise _fail("plan", f"must be an object, got {json.dumps(plan)}")
+    plan = _block(values, "plan", PLAN_FIELDS)
     for k, v in plan.items():
-        if k not in PLAN_FIELDS:
-            raise _fail(f"plan.{k}", f"unknown; known: {', '.join(PLAN_FIELDS)}")
         if k == "planner":
             from nnunet_ssl.planning import PLANNERS
 
@@ -292,8 +295,7 @@ def trainer_settings(trainer: str):
     from nnunet_ssl.desd.trainer import nnUNetTrainerDeSD
 
     for path in sorted(TRAINERS_DIR.glob("*.py")):
-        if f"class {trainer}(" not in path.read_text(encoding="utf-8") and f"import {trainer}" not in \
-                path.read_text(encoding="utf-8") and f" {trainer}," not in path.read_text(encoding="utf-8"):
+        if trainer not in path.read_text(encoding="utf-8"):
             continue
         spec = importlib.util.spec_from_file_location(f"nnunet_ssl_trainers_{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
@@ -563,12 +565,7 @@ def open_results(output: Path, config_json: dict, force: bool, fmt: str = FORMAT
     if output.exists() and not output.is_dir():
         raise UserError(f"{output} exists and is not a folder")
     if force and output.is_dir():
-        for name in entries:
-            path = output / name
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            elif path.exists() or path.is_symlink():
-                path.unlink()
+        remove_entries(output, entries)
     output.mkdir(parents=True, exist_ok=True)
     results_file = output / RESULTS_FILE
     if results_file.is_file():

@@ -342,10 +342,10 @@ def test_first_case_of_every_subset_has_a_lesion_and_folds_are_consistent():
         ex.folds([ex.Arm("ssl", 1, 0, 0, ("v",))], ["v"])
 
 
-def test_seed_paper_preset_is_a_valid_config_and_its_steps_are_counted(monkeypatch):
+def test_seed_paper_preset_is_a_valid_config_and_its_steps_are_counted(monkeypatch, tmp_path):
     import importlib.util
 
-    monkeypatch.setenv("nnUNet_raw", "/data/raw")
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path))
     config = ex.load_config(REPO / "docs" / "presets" / "seed-paper-grid.json")
     ex.check_methods(config)
     assert set(config.pools) == {"all", "positive", "negative", "all-contra"} and config.ensemble and config.min_lesion_ml == 3.0

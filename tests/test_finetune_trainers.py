@@ -172,5 +172,5 @@ def test_strategies_take_the_budget_block_over_their_own_length(nnunet_env):
     assert t.budget_seed == 7 and not t.final_validation
     t2, second = make(ft.nnUNetTrainerUnfreezeAtN)
     assert torch.equal(first, second) and t2.finetune_settings.unfreeze_epoch == 2 and t2.num_epochs == 4
-    plain, _ = _trainer(ft.nnUNetTrainerUnfreezeAtN, nnunet_env), None
+    plain = _trainer(ft.nnUNetTrainerUnfreezeAtN, nnunet_env)
     assert plain.budget_seed is None and plain.final_validation  # no budget block: nothing changes
