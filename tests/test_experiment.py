@@ -230,6 +230,43 @@ def test_open_results_continues_extends_and_refuses(tmp_path):
         ex.open_results(other, base, force=False)
 
 
+# ---------------------------------------------------------------- ensembles and the filtered evaluation
+def test_ensemble_votes_the_seeds_and_both_evaluations_are_recorded(tmp_path, monkeypatch):
+    """The commands an ensemble runs and the record it makes (each command is tested on its own elsewhere)."""
+    import csv
+
+    experiment = object.__new__(ex._Experiment)
+    experiment.c = ex.parse_config(_config(min_lesion_ml=3.0, ensemble=True, label=1), environ={})
+    experiment.output, experiment.file_ending = tmp_path, ".nii.gz"
+    commands = []
+
+    class FakeRunner:
+        def command(self, args, log_name, progress_marker=None):
+            commands.append((log_name, args))
+            if args[1] == "evaluate":  # what `nnunet-ssl evaluate` writes, with a Dice per filter
+                folder = Path(args[args.index("-o") + 1])
+                folder.mkdir(parents=True)
+                dice = 0.25 if "--min-lesion-ml" in args else 0.5
+                (folder / "evaluation_summary.json").write_text(json.dumps(
+                    {"labels": {"1": {"metrics": {"dice": {"mean": dice, "median": dice}}}}}))
+                with open(folder / "evaluation_per_case.csv", "w", newline="") as f:
+                    w = csv.writer(f)
+                    w.writerows([["case", "label", "dice"], ["c1", "1", dice]])
+
+    monkeypatch.setattr(experiment, "runner", lambda slot, **env: FakeRunner(), raising=False)
+    record = experiment.ensemble("desd", 2)
+    names = [name for name, _ in commands]
+    assert names == ["ensemble_desd-2", "evaluate_ensemble_desd-2", "evaluate_ensemble_desd-2_filtered"]
+    vote = commands[0][1]
+    assert vote[1:2] == ["ensemble"] and vote[vote.index("-m") + 1] == "majority"
+    assert vote[vote.index("-i") + 1:vote.index("-o")] == [
+        str(tmp_path / "arms" / f"desd-2_seed{s}" / "predictions") for s in (0, 1)]
+    filtered = commands[2][1]
+    assert filtered[filtered.index("--min-lesion-ml") + 1] == "3" and "--filter-prediction" in filtered
+    assert record["seeds"] == [0, 1] and record["dice_mean"] == 0.5 and record["filtered"]["dice_mean"] == 0.25
+    assert record["filtered"]["dice_per_case"] == {"c1": 0.25}
+
+
 # ---------------------------------------------------------------- one real grid, killed and resumed
 def _tree(folder: Path) -> dict:
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
