@@ -1,4 +1,4 @@
-"""Label-efficiency benchmark on phantoms: Dice of scratch-n and ssl-n fine-tuning for a few label counts.
+"""Label-efficiency benchmark on phantoms: Dice of fine-tuning from scratch and from each SSL method for a few label counts.
 
 A fixed instance of ``nnunet-ssl experiment`` on phantoms: the phantoms go to ``OUTPUT/data``,
 the experiment (nnU-Net's folders, arms, logs, ``results.json``, ``report.md``, plots) to
@@ -10,6 +10,7 @@ Usage::
     python bench/label_efficiency.py -o le_run                        # counts 2 4, scratch 7 14, seeds 0 1
     python bench/label_efficiency.py -o le_run --seeds 0 1 2          # add a seed to the same run
     python bench/label_efficiency.py -o le_run50 --ssl my_ssl_settings.json --epochs 50
+    python bench/label_efficiency.py -o le_all --ssl-trainer nnUNetTrainerMAE nnUNetTrainerModelsGenesis
 
 (docs/label-efficiency.md has a smoke run with tiny sizes.)
 """
@@ -25,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 from nnunet_ssl.demo import DemoConfig  # noqa: E402
 from nnunet_ssl.errors import UserError  # noqa: E402
-from nnunet_ssl.label_efficiency import BenchmarkConfig  # noqa: E402
+from nnunet_ssl.label_efficiency import WHOLE_NETWORK_TRAINERS, BenchmarkConfig  # noqa: E402
 
 
 def json_object(value: str, flag: str) -> dict:
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True,
                    help="folder of the run (created; continued if it holds one)")
     p.add_argument("--counts", type=int, nargs="+", default=list(d.counts),
-                   help="labelled training cases of the paired scratch-n / ssl-n arms")
+                   help="labelled training cases of the paired arms (scratch and every SSL method)")
     p.add_argument("--scratch-counts", type=int, nargs="*", default=list(d.scratch_counts),
                    help="extra scratch-only counts, to compare ssl-n with scratch at ~3.5n (none: give the flag alone)")
     p.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds),
@@ -70,13 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ssl", default=None, metavar="JSON",
                    help="SSL settings (JSON object or file) replacing those names of the demo's settings "
                         f"(default: the demo's, {json.dumps(DemoConfig().ssl)})")
-    p.add_argument("--ssl-trainer", default=d.ssl_trainer,
-                   help="SSL trainer class for nnUNetv2_train -tr; the pretext trainers (nnUNetTrainerMAE, "
-                        "nnUNetTrainerModelsGenesis, nnUNetTrainerInpainting, nnUNetTrainerRotation) are "
-                        "fine-tuned from their checkpoint_final.pth without nnunet-ssl-transfer")
+    p.add_argument("--ssl-trainer", nargs="+", default=list(d.ssl_trainers), metavar="TRAINER",
+                   help="SSL trainer classes for nnUNetv2_train -tr, one method each (named desd, mae, "
+                        "modelsgenesis, ...), pretrained on the same phantoms and fine-tuned on the same subsets; "
+                        f"{', '.join(WHOLE_NETWORK_TRAINERS)} are fine-tuned from their whole "
+                        "checkpoint_final.pth, the others from their encoder through nnunet-ssl-transfer")
     p.add_argument("--pretext", default=None, metavar="JSON",
-                   help="settings of a pretext trainer (JSON object or file), written as its block of the SSL "
-                        "plans (e.g. ssl_mae); names left out take its defaults and the run length of --ssl")
+                   help="settings blocks of the SSL trainers other than nnUNetTrainerDeSD (JSON object or file "
+                        "keyed by trainer, e.g. {\"nnUNetTrainerMAE\": {\"mask_ratio\": 0.6}}); names left out "
+                        "take the trainer's defaults and the run length of --ssl")
     p.add_argument("--n-labelled", type=int, default=d.n_pool, help="labelled cases the subsets are drawn from")
     p.add_argument("--n-val", type=int, default=d.n_val, help="fixed validation cases of every fold")
     p.add_argument("--n-unlabelled", type=int, default=d.n_unlabelled, help="extra unlabelled SSL cases")
@@ -107,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             lesion_drop_hu=args.lesion_drop_hu, base_features=args.base_features, epochs=args.epochs,
             iterations=args.iterations, val_iterations=args.val_iterations,
             final_validation=args.final_validation, ssl=ssl_settings(args.ssl),
-            ssl_trainer=args.ssl_trainer, pretext=None if args.pretext is None else json_object(args.pretext, "--pretext"),
+            ssl_trainers=args.ssl_trainer, pretext={} if args.pretext is None else json_object(args.pretext, "--pretext"),
             data_seed=args.data_seed, device=device)
         from nnunet_ssl.label_efficiency import run_benchmark
 

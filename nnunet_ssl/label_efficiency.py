@@ -18,9 +18,13 @@ In the output folder:
 * ``results.json``: the benchmark's settings and stages; ``experiment.json``: the
   experiment config the benchmark runs.
 
-The method ``ssl`` is ``ssl_trainer`` with the ``ssl`` settings (DeSD) or the pretext
-block (:data:`WHOLE_NETWORK_TRAINERS`, fine-tuned from their whole pretrained network).
-A rerun in the same folder continues a killed run.
+Every SSL trainer of ``ssl_trainers`` is one method of the experiment, named by
+:func:`method_name` (``desd``, ``mae``, ``modelsgenesis``, ...), all pretrained on the same
+unlabelled phantoms and fine-tuned on the same subsets: DeSD with the ``ssl`` settings and
+its encoder transferred, every other trainer with its own settings block (the run length of
+``ssl``, then its entry of ``pretext``), fine-tuned from the whole pretrained network where
+the method trains a decoder (:data:`WHOLE_NETWORK_TRAINERS`). A rerun in the same folder
+continues a killed run.
 """
 from __future__ import annotations
 
@@ -42,11 +46,13 @@ TARGET_ID, TARGET_NAME = 993, "LabelEffStroke"
 FIRST_TEST_CASE = 10_000
 RESULTS_FILE, EXPERIMENT_FILE = "results.json", "experiment.json"
 ENTRIES = ("data", "experiment", EXPERIMENT_FILE, RESULTS_FILE)
-# SSL trainers whose checkpoint holds the whole U-Net of the plans (nnU-Net's -pretrained_weights loads it)
-# (the restoration and rotation methods of ``nnunet_ssl.ssl``: fine-tuned from the whole network)
+DESD = "nnUNetTrainerDeSD"
+# SSL trainers whose checkpoint holds the whole U-Net of the plans (nnU-Net's -pretrained_weights loads it):
+# the restoration methods, CM-UNet and rotation are fine-tuned from the whole network; the others
+# (SimCLR, MoCo) from their encoder through nnunet-ssl-transfer
 WHOLE_NETWORK_TRAINERS = ("nnUNetTrainerMAE", "nnUNetTrainerModelsGenesis", "nnUNetTrainerInpainting",
-                          "nnUNetTrainerRotation")
-# names of the ``ssl`` settings that set the run length; a pretext run takes them unless ``pretext`` sets them
+                          "nnUNetTrainerCMUNet", "nnUNetTrainerRotation")
+# names of the ``ssl`` settings that set the run length; every other method takes them unless its ``pretext`` entry does
 RUN_LENGTH = ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch")
 # settings a rerun may change: they only add or drop arms, each of which stands on its own
 EXTENDABLE = ("counts", "scratch_counts", "seeds", "device")
@@ -73,15 +79,18 @@ class BenchmarkConfig:
     # nnU-Net's prediction of the validation cases after training: not used here (the test cases are)
     final_validation: bool = False
     ssl: dict = field(default_factory=lambda: dict(DemoConfig().ssl))
-    ssl_trainer: str = "nnUNetTrainerDeSD"
-    # the settings block of a pretext trainer, e.g. ``ssl_mae`` (None: its defaults, with the run length of ``ssl``)
-    pretext: Optional[dict] = None
+    ssl_trainers: tuple[str, ...] = (DESD,)
+    # per trainer other than DeSD, its settings block (e.g. ``ssl_mae``); a trainer left out takes its
+    # defaults with the run length of ``ssl``
+    pretext: dict = field(default_factory=dict)
     data_seed: int = 0
     device: str = "cpu"
 
     def __post_init__(self):
         for name in ("counts", "scratch_counts", "seeds", "shape"):
             object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+        object.__setattr__(self, "ssl_trainers", tuple(str(t) for t in self.ssl_trainers))
+        object.__setattr__(self, "pretext", dict(self.pretext or {}))
         if not self.counts or min(self.counts) < 1:
             raise UserError(f"counts must be one or more positive numbers, got {list(self.counts)}")
         if self.scratch_counts and min(self.scratch_counts) < 1:
@@ -95,19 +104,33 @@ class BenchmarkConfig:
         for name in ("n_val", "n_test", "epochs", "iterations", "val_iterations"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.pretext is not None and self.ssl_trainer not in WHOLE_NETWORK_TRAINERS:
-            raise UserError(f"pretext settings apply to --ssl-trainer {' or '.join(WHOLE_NETWORK_TRAINERS)}, "
-                            f"not {self.ssl_trainer}")
-        if self.ssl_trainer in WHOLE_NETWORK_TRAINERS:
-            try:
-                pretext_settings_class(self.ssl_trainer).from_dict(pretext_block(self))
-            except ValueError as e:
-                raise UserError(str(e)) from None
+        if not self.ssl_trainers:
+            raise UserError("give at least one SSL trainer")
+        names = [method_name(t) for t in self.ssl_trainers]
+        if len(set(names)) < len(names):
+            raise UserError(f"each SSL trainer once, got {list(self.ssl_trainers)}")
+        for trainer, values in self.pretext.items():
+            if trainer not in self.ssl_trainers or trainer == DESD:
+                others = [t for t in self.ssl_trainers if t != DESD]
+                raise UserError(f"pretext settings are given per SSL trainer other than {DESD} "
+                                f"({', '.join(others) or 'none given'}), got {trainer!r}")
+            if not isinstance(values, dict):
+                raise UserError(f"pretext settings of {trainer} must be a JSON object")
+        for trainer in self.ssl_trainers:
+            if trainer != DESD:
+                try:
+                    pretext_settings_class(trainer).from_dict(pretext_block(self, trainer))
+                except ValueError as e:
+                    raise UserError(str(e)) from None
+
+    def whole_network(self, trainer: str) -> bool:
+        """Whether ``trainer``'s checkpoint is fine-tuned from directly (no ``nnunet-ssl-transfer``)."""
+        return trainer in WHOLE_NETWORK_TRAINERS
 
     @property
-    def whole_network(self) -> bool:
-        """Whether the SSL checkpoint is fine-tuned from directly (no ``nnunet-ssl-transfer``)."""
-        return self.ssl_trainer in WHOLE_NETWORK_TRAINERS
+    def methods(self) -> list[str]:
+        """The experiment's SSL method names, in the order of ``ssl_trainers``."""
+        return [method_name(t) for t in self.ssl_trainers]
 
     @classmethod
     def from_dict(cls, values: Mapping) -> "BenchmarkConfig":
@@ -118,21 +141,34 @@ class BenchmarkConfig:
         return json.loads(json.dumps(asdict(self)))
 
 
+def method_name(trainer: str) -> str:
+    """The experiment's name of an SSL trainer's method.
+
+    Example:
+        >>> method_name("nnUNetTrainerModelsGenesis")
+        'modelsgenesis'
+    """
+    name = trainer.removeprefix("nnUNetTrainer").lower()
+    if not name or name == "scratch":
+        raise UserError(f"not an SSL trainer name: {trainer!r}")
+    return name
+
+
 def pretext_settings_class(trainer: str):
     """The settings class (with its plans block name ``BLOCK``) of a pretext trainer."""
     return trainer_settings(trainer)
 
 
-def pretext_block(config: "BenchmarkConfig") -> dict:
-    """The pretext trainer's block of the SSL plans: the run length of ``config.ssl``, then ``config.pretext``.
+def pretext_block(config: "BenchmarkConfig", trainer: str) -> dict:
+    """``trainer``'s block of the SSL plans: the run length of ``config.ssl``, then its ``config.pretext`` entry.
 
     Example:
-        >>> pretext_block(BenchmarkConfig(ssl={"num_epochs": 3}, ssl_trainer="nnUNetTrainerMAE",
-        ...                               pretext={"mask_ratio": 0.5}))
+        >>> pretext_block(BenchmarkConfig(ssl={"num_epochs": 3}, ssl_trainers=["nnUNetTrainerMAE"],
+        ...                               pretext={"nnUNetTrainerMAE": {"mask_ratio": 0.5}}), "nnUNetTrainerMAE")
         {'num_epochs': 3, 'mask_ratio': 0.5}
     """
     block = {k: config.ssl[k] for k in RUN_LENGTH if k in config.ssl}
-    block.update(config.pretext or {})
+    block.update(config.pretext.get(trainer, {}))
     return block
 
 
@@ -175,16 +211,18 @@ def write_data(data: Path, config: BenchmarkConfig) -> None:
 
 
 def experiment_config(config: BenchmarkConfig, data: Path) -> dict:
-    """The ``nnunet-ssl experiment`` config of the benchmark: methods ``scratch`` and ``ssl``."""
+    """The ``nnunet-ssl experiment`` config of the benchmark: ``scratch`` and one method per SSL trainer."""
     c = config
-    ssl = {"trainer": c.ssl_trainer, "counts": list(c.counts)}
-    if c.whole_network:
-        ssl.update(settings=pretext_block(c), transfer="whole")
-    else:
-        ssl["settings"] = dict(c.ssl)
+    methods: dict = {"scratch": {"counts": sorted(set(c.counts) | set(c.scratch_counts))}}
+    for trainer in c.ssl_trainers:
+        method = {"trainer": trainer, "pool": "ssl", "counts": list(c.counts),
+                  "settings": dict(c.ssl) if trainer == DESD else pretext_block(c, trainer)}
+        if c.whole_network(trainer):
+            method["transfer"] = "whole"
+        methods[method_name(trainer)] = method
     return {"target": str(TARGET_ID), "pools": {"ssl": str(SSL_ID)}, "nnUNet_raw": str(data / "nnUNet_raw"),
             "split": str(data / "split"),
-            "methods": {"scratch": {"counts": sorted(set(c.counts) | set(c.scratch_counts))}, "ssl": ssl},
+            "methods": methods,
             "counts": list(c.counts), "seeds": list(c.seeds),
             "finetune": {"epochs": c.epochs, "iterations": c.iterations, "val_iterations": c.val_iterations,
                          "final_validation": c.final_validation},
@@ -193,17 +231,18 @@ def experiment_config(config: BenchmarkConfig, data: Path) -> dict:
 
 
 def scratch_near(summary: Mapping, near_factor: float = 3.5, tolerance: float = 0.25) -> dict:
-    """``{n: m}``: the scratch count ``m`` closest to ``near_factor * n`` within ``tolerance`` (relative).
+    """``{n: m}``: for each count ``n`` of an SSL method, the scratch count ``m`` closest to
+    ``near_factor * n`` within ``tolerance`` (relative).
 
     Example:
-        >>> g = {"scratch-7": {"method": "scratch", "n": 7}, "ssl-2": {"method": "ssl", "n": 2}}
+        >>> g = {"scratch-7": {"method": "scratch", "n": 7}, "mae-2": {"method": "mae", "n": 2}}
         >>> scratch_near({"groups": g})
         {2: 7}
     """
     groups = summary["groups"].values()
     scratch = [g["n"] for g in groups if g["method"] == "scratch"]
     near = {}
-    for n in sorted({g["n"] for g in groups if g["method"] == "ssl"}):
+    for n in sorted({g["n"] for g in groups if g["method"] != "scratch"}):
         candidates = [m for m in scratch if abs(m - near_factor * n) <= tolerance * near_factor * n]
         if candidates:
             near[n] = min(candidates, key=lambda m: (abs(m - near_factor * n), m))
@@ -237,9 +276,11 @@ def run_benchmark(output: str | os.PathLike, config: BenchmarkConfig = Benchmark
     summary = run_experiment(parse_config(values, base=output), output / "experiment", echo=echo)
     near = scratch_near(summary)
     if near:
-        echo("\nssl-n against scratch at ~3.5n (mean Dice over seeds)")
+        echo("\nSSL at n against scratch at ~3.5n (mean Dice over seeds)")
         for n, m in near.items():
-            ssl, scratch = summary["groups"][f"ssl-{n}"], summary["groups"][f"scratch-{m}"]
-            echo(f"ssl-{n} {ssl['mean']:.3f}   scratch-{m} {scratch['mean']:.3f}   "
-                 f"difference {ssl['mean'] - scratch['mean']:+.3f}")
+            scratch = summary["groups"][f"scratch-{m}"]
+            for method in config.methods:
+                ssl = summary["groups"][f"{method}-{n}"]
+                echo(f"{method}-{n} {ssl['mean']:.3f}   scratch-{m} {scratch['mean']:.3f}   "
+                     f"difference {ssl['mean'] - scratch['mean']:+.3f}")
     return summary

@@ -37,7 +37,7 @@ def test_config_checks():
 
 
 def test_scratch_near_tolerance():
-    groups = {"ssl-2": {"method": "ssl", "n": 2}, "scratch-9": {"method": "scratch", "n": 9}}
+    groups = {"mae-2": {"method": "mae", "n": 2}, "scratch-9": {"method": "scratch", "n": 9}}
     assert le.scratch_near({"groups": groups}) == {}  # 9 is more than 25 % away from 7
     groups["scratch-8"] = {"method": "scratch", "n": 8}
     assert le.scratch_near({"groups": groups}) == {2: 8}
@@ -58,7 +58,7 @@ def test_phantoms_and_split_make_a_valid_experiment(tmp_path):
     ssl = tmp_path / "data" / "nnUNet_raw" / f"Dataset{le.SSL_ID}_{le.SSL_NAME}" / "imagesTr"
     assert len(list(ssl.iterdir())) == 5  # pool + validation + unlabelled, no test image
     values = le.experiment_config(config, tmp_path / "data")
-    assert values["methods"]["scratch"]["counts"] == [1, 2, 3] and values["methods"]["ssl"]["counts"] == [1, 2]
+    assert values["methods"]["scratch"]["counts"] == [1, 2, 3] and values["methods"]["desd"]["counts"] == [1, 2]
     text = plan_summary(parse_config(values, base=tmp_path))
     assert "3 labelled pool, 1 validation, 2 test" in text and "10 arms in 6 folds" in text
 
@@ -117,39 +117,54 @@ def test_script_ssl_settings_and_errors(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-# ---------------------------------------------------------------- masked image modelling as the SSL method
-def test_mae_settings_are_checked_and_take_the_ssl_run_length():
+# ---------------------------------------------------------------- the SSL methods
+def test_pretext_settings_are_checked_per_trainer_and_take_the_ssl_run_length():
+    mae = "nnUNetTrainerMAE"
     config = BenchmarkConfig(ssl={"num_epochs": 3, "num_iterations_per_epoch": 5, "batch_size": 2},
-                             ssl_trainer="nnUNetTrainerMAE", pretext={"mask_ratio": 0.5, "num_epochs": 4})
-    assert config.whole_network and not BenchmarkConfig().whole_network
-    assert le.pretext_block(config) == {"num_epochs": 4, "num_iterations_per_epoch": 5, "mask_ratio": 0.5}
+                             ssl_trainers=[mae, "nnUNetTrainerModelsGenesis"],
+                             pretext={mae: {"mask_ratio": 0.5, "num_epochs": 4}})
+    assert config.methods == ["mae", "modelsgenesis"] and config.whole_network(mae)
+    assert le.pretext_block(config, mae) == {"num_epochs": 4, "num_iterations_per_epoch": 5, "mask_ratio": 0.5}
+    # a trainer without an entry takes its defaults and the run length of ssl, not DeSD's other settings
+    assert le.pretext_block(config, "nnUNetTrainerModelsGenesis") == {"num_epochs": 3, "num_iterations_per_epoch": 5}
     with pytest.raises(UserError, match="'mask_ratoi'"):
-        BenchmarkConfig(ssl_trainer="nnUNetTrainerMAE", pretext={"mask_ratoi": 0.5})
+        BenchmarkConfig(ssl_trainers=[mae], pretext={mae: {"mask_ratoi": 0.5}})
     with pytest.raises(UserError, match="'block_size'"):
-        BenchmarkConfig(ssl_trainer="nnUNetTrainerMAE", pretext={"block_size": "8"})
-    with pytest.raises(UserError, match="apply to --ssl-trainer nnUNetTrainerMAE or"):
-        BenchmarkConfig(pretext={"mask_ratio": 0.5})
-    # every pretext trainer: its own block, checked by its own settings
-    genesis = BenchmarkConfig(ssl={"num_epochs": 3}, ssl_trainer="nnUNetTrainerModelsGenesis")
-    assert genesis.whole_network and le.pretext_settings_class(genesis.ssl_trainer).BLOCK == "ssl_genesis"
+        BenchmarkConfig(ssl_trainers=[mae], pretext={mae: {"block_size": "8"}})
+    with pytest.raises(UserError, match="per SSL trainer other than nnUNetTrainerDeSD .*got 'mask_ratio'"):
+        BenchmarkConfig(ssl_trainers=[mae], pretext={"mask_ratio": 0.5})
+    with pytest.raises(UserError, match="got 'nnUNetTrainerDeSD'"):
+        BenchmarkConfig(pretext={"nnUNetTrainerDeSD": {}})
+    with pytest.raises(UserError, match="each SSL trainer once"):
+        BenchmarkConfig(ssl_trainers=[mae, mae])
     with pytest.raises(UserError, match="unknown ssl_rotation setting"):
-        BenchmarkConfig(ssl_trainer="nnUNetTrainerRotation", pretext={"mask_ratio": 0.5})
+        BenchmarkConfig(ssl_trainers=["nnUNetTrainerRotation"], pretext={"nnUNetTrainerRotation": {"mask_ratio": 0.5}})
+    with pytest.raises(UserError, match="not an SSL trainer of nnunet-ssl"):
+        BenchmarkConfig(ssl_trainers=["nnUNetTrainerNoSuch"])
 
 
-def test_mae_runs_as_a_whole_network_method(tmp_path):
-    config = BenchmarkConfig(counts=(1,), scratch_counts=(), seeds=(0,), n_pool=2, ssl={"num_epochs": 2},
-                             ssl_trainer="nnUNetTrainerMAE", pretext={"mask_ratio": 0.5})
-    values = le.experiment_config(config, tmp_path)
-    assert values["methods"]["ssl"] == {"trainer": "nnUNetTrainerMAE", "counts": [1], "transfer": "whole",
-                                        "settings": {"num_epochs": 2, "mask_ratio": 0.5}}
-    desd = le.experiment_config(BenchmarkConfig(ssl={"num_epochs": 2}), tmp_path)["methods"]["ssl"]
-    assert "transfer" not in desd  # the encoder, through nnunet-ssl-transfer
-    assert desd["settings"] == {"num_epochs": 2}
+def test_every_trainer_is_one_method_of_the_experiment(tmp_path):
+    mae, moco = "nnUNetTrainerMAE", "nnUNetTrainerMoCo"
+    config = BenchmarkConfig(counts=(1,), scratch_counts=(2,), seeds=(0,), n_pool=2, n_val=1, n_unlabelled=1,
+                             n_test=1, shape=(16, 24, 24), ssl={"num_epochs": 2},
+                             ssl_trainers=["nnUNetTrainerDeSD", mae, moco], pretext={mae: {"mask_ratio": 0.5}})
+    methods = le.experiment_config(config, tmp_path)["methods"]
+    assert list(methods) == ["scratch", "desd", "mae", "moco"] and methods["scratch"] == {"counts": [1, 2]}
+    assert methods["mae"] == {"trainer": mae, "pool": "ssl", "counts": [1], "transfer": "whole",
+                              "settings": {"num_epochs": 2, "mask_ratio": 0.5}}
+    # DeSD (its ssl settings) and MoCo (no decoder) transfer the encoder through nnunet-ssl-transfer
+    assert "transfer" not in methods["desd"] and methods["desd"]["settings"] == {"num_epochs": 2}
+    assert "transfer" not in methods["moco"] and methods["moco"]["settings"] == {"num_epochs": 2}
+    # the experiment accepts the config: one pretraining per method, scratch arms at both counts
+    le.write_data(tmp_path / "data", config)
+    text = plan_summary(parse_config(le.experiment_config(config, tmp_path / "data"), base=tmp_path))
+    assert "5 arms" in text, text
 
 
-def test_script_mae_option(tmp_path):
+def test_script_trainers_and_pretext_option(tmp_path):
     proc = subprocess.run([sys.executable, str(BENCH), "-o", str(tmp_path / "x"), "--ssl-trainer",
-                           "nnUNetTrainerMAE", "--pretext", '{"mask_ratoi": 0.5}'], capture_output=True, text=True)
+                           "nnUNetTrainerMAE", "--pretext", '{"nnUNetTrainerMAE": {"mask_ratoi": 0.5}}'],
+                          capture_output=True, text=True)
     assert proc.returncode == 2 and "label_efficiency: error: unknown ssl_mae setting(s) ['mask_ratoi']" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "x").exists()
     assert _bench_module().json_object('{"block_size": 8}', "--pretext") == {"block_size": 8}
