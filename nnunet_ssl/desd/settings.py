@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, ClassVar, Mapping, Optional
 
 from nnunet_ssl.desd.recipe import resolve as resolve_recipe
 
@@ -29,6 +29,8 @@ class DeSDSettings:
 
     Where the paper is silent the value follows DINO (Caron et al. 2021).
     """
+
+    BLOCK: ClassVar[str] = "ssl"  # the block of the plans configuration the settings are read from
 
     # "adaptive": momentum, lr, K, temperatures and warm-ups not set here follow the run's batch and
     # length (nnunet_ssl.desd.recipe; the paper's values at the paper's run); "paper": the paper's values

@@ -33,8 +33,10 @@ Contract with nnU-Net (what this trainer changes and what it keeps):
   in ``progress.png``; a collapse guard warns (or stops the run).
 * ``perform_actual_validation`` does nothing: there is nothing to segment.
 
-The settings come from the ``ssl`` block of the plans configuration
-(:mod:`nnunet_ssl.desd.settings`).
+It is a subclass of :class:`nnunet_ssl.ssl.base.nnUNetTrainerSSL`, the base of every
+method: settings and run length, process placement, the checkpoint and its ``ssl``
+entry, no final validation. The settings come from the ``ssl`` block of the plans
+configuration (:mod:`nnunet_ssl.desd.settings`).
 """
 from __future__ import annotations
 
@@ -50,14 +52,13 @@ import torch.distributed as dist
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.collate_outputs import collate_outputs
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from nnunet_ssl.checkpoint import save_trainer_checkpoint, ssl_metadata, strip_wrapper_prefixes
+from nnunet_ssl.checkpoint import ENCODER_PREFIXES, FORMAT, strip_wrapper_prefixes
 from nnunet_ssl.desd.loss import desd_loss
 from nnunet_ssl.desd.model import DeSDNetwork
 from nnunet_ssl.desd.monitor import CollapseError, collapse_advice, collapse_reason, teacher_rankme
@@ -66,24 +67,23 @@ from nnunet_ssl.desd.schedules import cosine_schedule, teacher_temperature_sched
 from nnunet_ssl.desd.settings import DeSDSettings
 from nnunet_ssl.desd.step import StepSchedule, forward_views, make_optimizer, train_step
 from nnunet_ssl.desd.views import ViewPairLoader
-from nnunet_ssl.distributed import ddp_device_ids, place_process, sync_batchnorm
+from nnunet_ssl.distributed import ddp_device_ids, sync_batchnorm
+from nnunet_ssl.ssl.base import nnUNetTrainerSSL
 
 
-class nnUNetTrainerDeSD(nnUNetTrainer):
+class nnUNetTrainerDeSD(nnUNetTrainerSSL):
     """DeSD pretraining of the plans' encoder; see the module docstring for the contract."""
 
-    SUPPORTS_LAUNCHER = True  # runs as one process of torchrun (nnunet_ssl.distributed)
+    settings_class = DeSDSettings
+    CHECKPOINT_FORMAT = FORMAT
+    ENCODER_PREFIXES = ENCODER_PREFIXES  # the teacher's and the student's encoder
+    ADAPTATION_PREFIX = "teacher."  # the adaptation plan points at the EMA teacher's encoder
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        place_process(self, device)
-        patch_size = self.configuration_manager.patch_size
-        settings = DeSDSettings.from_configuration(self.configuration_manager.configuration)
-        if len(patch_size) == 2 and "view_size" not in (self.configuration_manager.configuration.get("ssl") or {}):
-            settings = settings.replace(view_size=tuple(settings.view_size[-2:]))  # a 2D view of the default
-        self.ssl_settings = self.configure_ssl_settings(settings)
         s = self.ssl_settings
+        patch_size = self.configuration_manager.patch_size
         if len(s.view_size) != len(patch_size):
             raise ValueError(f"view_size {list(s.view_size)} has {len(s.view_size)} axes but configuration "
                              f"'{configuration}' is {len(patch_size)}D; set ssl.view_size accordingly")
@@ -92,11 +92,6 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
         cfg["patch_size"] = list(s.view_size)
         cfg["batch_size"] = s.batch_size
         self.configuration_manager = ConfigurationManager(cfg)
-
-        self.num_epochs = s.num_epochs
-        self.num_iterations_per_epoch = s.num_iterations_per_epoch
-        self.num_val_iterations_per_epoch = s.num_val_iterations_per_epoch
-        self.enable_deep_supervision = False
         self.save_every = 1  # SSL epochs are long; keep checkpoint_latest.pth current
         self.logger.local_logger = SSLLocalLogger()
         self._best_val_loss = None
@@ -107,6 +102,13 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
         self._rankme_views: list = []
         self._step_in_epoch = 0
         self._epoch_stats: dict = {}
+
+    def read_settings(self) -> DeSDSettings:
+        settings = super().read_settings()
+        configuration = self.configuration_manager.configuration
+        if len(configuration["patch_size"]) == 2 and "view_size" not in (configuration.get("ssl") or {}):
+            settings = settings.replace(view_size=tuple(settings.view_size[-2:]))  # a 2D view of the default
+        return self.configure_ssl_settings(settings)
 
     def configure_ssl_settings(self, settings: DeSDSettings) -> DeSDSettings:
         """Hook for preset subclasses: return the settings to use (default: the plans' ones)."""
@@ -337,35 +339,13 @@ class nnUNetTrainerDeSD(nnUNetTrainer):
                 self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"))
                 raise CollapseError(message + " Stopping (stop_on_collapse is set).")
 
-    def perform_actual_validation(self, save_probabilities: bool = False):
-        self.print_to_log_file("SSL pretraining: no segmentation validation to run.")
-
     # ------------------------------------------------------------ checkpoints
-    def checkpoint_dict(self) -> dict:
-        from nnunet_ssl.checkpoint import nnssl_adaptation_plan
+    def checkpoint_extras(self) -> dict:
+        return {"_best_ema": self._best_val_loss, "_best_rankme": self._best_rankme, "_best_probe": self._best_probe,
+                "_collapsed_epochs": self._collapsed_epochs}
 
-        return {
-            "network_weights": self.network.state_dict(),
-            "optimizer_state": self.optimizer.state_dict(),
-            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
-            "logging": self.logger.get_checkpoint(),
-            "_best_ema": self._best_val_loss,
-            "_best_rankme": self._best_rankme,
-            "_best_probe": self._best_probe,
-            "_collapsed_epochs": self._collapsed_epochs,
-            "current_epoch": self.current_epoch + 1,
-            "init_args": self.my_init_kwargs,
-            "trainer_name": self.__class__.__name__,
-            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
-            "ssl": ssl_metadata(self.ssl_settings.to_dict(), self.configuration_manager,
-                                self.num_input_channels, self.plans_manager.dataset_name,
-                                self.plans_manager.plans_name, self.configuration_name),
-            "nnssl_adaptation_plan": nnssl_adaptation_plan(self.plans_manager.plans, self.configuration_name,
-                                                           self.num_input_channels, self.ssl_settings.view_size),
-        }
-
-    def save_checkpoint(self, filename: str) -> None:
-        save_trainer_checkpoint(self, filename)
+    def pretrain_patch_size(self):
+        return self.ssl_settings.view_size
 
     def load_checkpoint(self, filename_or_checkpoint: Union[dict, str]) -> None:
         if not self.was_initialized:

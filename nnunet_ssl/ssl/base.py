@@ -1,6 +1,17 @@
-"""The trainers the pretext methods build on: what they share with nnU-Net and with each other.
+"""The trainers every SSL method builds on: what they share with nnU-Net and with each other.
 
-Contract with nnU-Net (:class:`nnUNetTrainerPretext`; what it changes and what it keeps):
+:class:`nnUNetTrainerSSL` is the base of every method, DeSD included
+(:class:`~nnunet_ssl.desd.trainer.nnUNetTrainerDeSD`): the settings read from the
+method's block of the plans configuration (``settings_class``) and the run length they
+give, the process placement under torchrun and DDP, no deep supervision, the
+checkpoint (nnU-Net's entries plus the ``ssl`` entry with the method's name, settings
+block and settings, and the ``nnssl_adaptation_plan`` that tells ``nnunet-ssl-transfer``
+where the encoder is), written atomically by rank 0, and no segmentation validation at
+the end. A method adds its network, steps and its own checkpoint entries
+(:meth:`~nnUNetTrainerSSL.checkpoint_extras`).
+
+Contract with nnU-Net of the pretext methods (:class:`nnUNetTrainerPretext`; what it
+changes and what it keeps):
 
 * Kept: plans, preprocessed data, splits, patch and batch size, data augmentation,
   SGD with the poly learning-rate schedule, autocast and gradient scaling on CUDA,
@@ -62,7 +73,75 @@ def accuracy(outputs: dict) -> float:
     return float(np.sum(outputs["correct"]) / count) if count else float("nan")
 
 
-class nnUNetTrainerPretext(nnUNetTrainer):
+class nnUNetTrainerSSL(nnUNetTrainer):
+    """Base of every SSL trainer (see the module docstring).
+
+    A method sets ``settings_class`` (its settings, whose ``BLOCK`` names the plans block),
+    ``CHECKPOINT_FORMAT``, ``ENCODER_PREFIXES`` (where the encoder's keys are in the saved
+    ``network_weights``) and ``ADAPTATION_PREFIX`` (the same for the adaptation plan), and may
+    replace :meth:`read_settings`, :meth:`checkpoint_extras` and :meth:`pretrain_patch_size`.
+    """
+
+    settings_class: type = PretextSettings
+    CHECKPOINT_FORMAT = PRETEXT_FORMAT
+    ENCODER_PREFIXES: dict = {"network": "encoder."}  # one plain U-Net
+    ADAPTATION_PREFIX = ""
+    SUPPORTS_LAUNCHER = True  # runs as one process of torchrun (nnunet_ssl.distributed)
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        place_process(self, device)
+        self.ssl_settings = self.read_settings()
+        s = self.ssl_settings
+        self.num_epochs = s.num_epochs
+        self.num_iterations_per_epoch = s.num_iterations_per_epoch
+        self.num_val_iterations_per_epoch = s.num_val_iterations_per_epoch
+        self.enable_deep_supervision = False
+
+    def read_settings(self):
+        """The method's settings from its block of the plans configuration (names and types checked)."""
+        return self.settings_class.from_configuration(self.configuration_manager.configuration)
+
+    # ------------------------------------------------------------- checkpoints
+    def checkpoint_extras(self) -> dict:
+        """The method's own checkpoint entries (best scores, counters); nnU-Net's ``_best_ema`` by default."""
+        return {"_best_ema": self._best_ema}
+
+    def pretrain_patch_size(self):
+        """The patch size the network was pretrained on (the adaptation plan's ``pretrain_plan``)."""
+        return self.configuration_manager.patch_size
+
+    def checkpoint_dict(self) -> dict:
+        """nnU-Net's checkpoint entries, plus ``ssl`` and ``nnssl_adaptation_plan`` (what the weights are)."""
+        meta = ssl_metadata(self.ssl_settings.to_dict(), self.configuration_manager, self.num_input_channels,
+                            self.plans_manager.dataset_name, self.plans_manager.plans_name, self.configuration_name,
+                            format=self.CHECKPOINT_FORMAT, encoder_prefixes=self.ENCODER_PREFIXES)
+        meta.update({"method": self.__class__.__name__, "settings_block": self.settings_class.BLOCK})
+        return {
+            "network_weights": unwrap(self.network).state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            "logging": self.logger.get_checkpoint(),
+            **self.checkpoint_extras(),
+            "current_epoch": self.current_epoch + 1,
+            "init_args": self.my_init_kwargs,
+            "trainer_name": self.__class__.__name__,
+            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
+            "ssl": meta,
+            "nnssl_adaptation_plan": nnssl_adaptation_plan(self.plans_manager.plans, self.configuration_name,
+                                                           self.num_input_channels, self.pretrain_patch_size(),
+                                                           weights_prefix=self.ADAPTATION_PREFIX),
+        }
+
+    def save_checkpoint(self, filename: str) -> None:
+        save_trainer_checkpoint(self, filename)
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        self.print_to_log_file(f"{self.__class__.__name__} pretraining: no segmentation validation to run.")
+
+
+class nnUNetTrainerPretext(nnUNetTrainerSSL):
     """Shared part of the pretext trainers; see the module docstring for the contract.
 
     A method sets ``settings_class`` and implements :meth:`pretext_batch`,
@@ -70,18 +149,10 @@ class nnUNetTrainerPretext(nnUNetTrainer):
     """
 
     settings_class: type[PretextSettings] = PretextSettings
-    SUPPORTS_LAUNCHER = True  # runs as one process of torchrun (nnunet_ssl.distributed)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        place_process(self, device)
-        self.ssl_settings = self.settings_class.from_configuration(self.configuration_manager.configuration)
-        s = self.ssl_settings
-        self.num_epochs = s.num_epochs
-        self.num_iterations_per_epoch = s.num_iterations_per_epoch
-        self.num_val_iterations_per_epoch = s.num_val_iterations_per_epoch
-        self.enable_deep_supervision = False
         # corruptions drawn from the process's seed (one stream per DDP rank)
         self._train_generator = torch.Generator().manual_seed(torch.initial_seed() + self.local_rank)
         self._val_generator = torch.Generator()
@@ -186,39 +257,6 @@ class nnUNetTrainerPretext(nnUNetTrainer):
         self.logger.log("mean_fg_dice", score, self.current_epoch)
         self.logger.log("dice_per_class_or_region", [score], self.current_epoch)
         self.logger.log("val_losses", float(np.mean(outputs["loss"])), self.current_epoch)
-
-    # ------------------------------------------------------------- checkpoints
-    def checkpoint_dict(self) -> dict:
-        """nnU-Net's checkpoint entries, plus ``ssl`` and ``nnssl_adaptation_plan`` (what the weights are)."""
-        network = unwrap(self.network)
-        settings = self.ssl_settings.to_dict()
-        meta = ssl_metadata(settings, self.configuration_manager, self.num_input_channels,
-                            self.plans_manager.dataset_name, self.plans_manager.plans_name, self.configuration_name,
-                            format=PRETEXT_FORMAT, encoder_prefixes={"network": "encoder."})
-        meta.update({"method": self.__class__.__name__, "settings_block": self.settings_class.BLOCK})
-        return {
-            "network_weights": network.state_dict(),
-            "optimizer_state": self.optimizer.state_dict(),
-            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
-            "logging": self.logger.get_checkpoint(),
-            "_best_ema": self._best_ema,
-            "current_epoch": self.current_epoch + 1,
-            "init_args": self.my_init_kwargs,
-            "trainer_name": self.__class__.__name__,
-            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
-            "ssl": meta,
-            # the network's own keys (no prefix): nnU-Net's U-Net layout
-            "nnssl_adaptation_plan": nnssl_adaptation_plan(self.plans_manager.plans, self.configuration_name,
-                                                           self.num_input_channels,
-                                                           self.configuration_manager.patch_size,
-                                                           weights_prefix=""),
-        }
-
-    def save_checkpoint(self, filename: str) -> None:
-        save_trainer_checkpoint(self, filename)
-
-    def perform_actual_validation(self, save_probabilities: bool = False):
-        self.print_to_log_file(f"{self.__class__.__name__} pretraining: no segmentation validation to run.")
 
 
 class nnUNetTrainerRestoration(nnUNetTrainerPretext):
