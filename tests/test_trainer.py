@@ -76,6 +76,14 @@ def test_checkpoint_restores_the_saved_state(nnunet_env):
     ckpt = torch.load(latest, weights_only=False)
     assert ckpt["ssl"]["settings"] == a.ssl_settings.to_dict()
     assert ckpt["current_epoch"] == 1 and ckpt["trainer_name"] == "nnUNetTrainerDeSD"
+    # the checkpoint of the SSL base every method shares: method and settings block recorded, DeSD's own
+    # entries beside nnU-Net's, the adaptation plan at the teacher's encoder
+    from nnunet_ssl.ssl.base import nnUNetTrainerSSL
+
+    assert isinstance(a, nnUNetTrainerSSL)
+    assert (ckpt["ssl"]["method"], ckpt["ssl"]["settings_block"]) == ("nnUNetTrainerDeSD", "ssl")
+    assert ckpt["_best_ema"] == a._best_val_loss and ckpt["_collapsed_epochs"] == a._collapsed_epochs
+    assert ckpt["nnssl_adaptation_plan"]["key_to_encoder"].startswith("teacher.")
     assert {"student.heads.0.last_layer.weight", "teacher.head.last_layer.weight", "center"} <= set(ckpt["network_weights"])
 
     b = _trainer(nnunet_env["root"], fold=1)
