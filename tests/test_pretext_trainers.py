@@ -181,3 +181,39 @@ def test_every_method_steps_on_the_2d_configuration_with_two_channels(trainer, n
     out = t.validation_step({"data": data.clone(), "target": None})
     t.on_validation_epoch_end([out])
     assert math.isfinite(t.logger.get_value("mean_fg_dice", step=-1))
+
+
+def test_cmunet_online_branch_encodes_sparsely_and_the_target_branch_densely(nnunet_env):
+    """CM-UNet's masked view: its hidden sites stay empty at every encoder stage (MAE's sparse
+    encoding); the momentum (target) branch, a copy of the encoder, has no such hooks."""
+    from nnunet_ssl.ssl.cmunet.trainer import nnUNetTrainerCMUNet
+    from nnunet_ssl.ssl.mae.masking import visible_at
+
+    plans, dataset_json = _plans_and_json(nnunet_env["root"])
+    cfg = plans["configurations"]["3d_fullres"]
+    cfg["ssl_cmunet"] = {**RUN, **SETTINGS["nnUNetTrainerCMUNet"]}
+    plans["continue_training"] = False
+    t = nnUNetTrainerCMUNet(plans, "3d_fullres", 0, dataset_json, device=torch.device("cpu"))
+    t.initialize()
+    torch.manual_seed(0)
+    data = torch.randn(2, 1, *t.configuration_manager.patch_size)
+    inputs, targets = t.pretext_batch(data, torch.Generator().manual_seed(0))
+    visible = ~targets["mask"].any(dim=1, keepdim=True)
+    network = t.network
+    with torch.no_grad():
+        with t.forward_context(targets):
+            sparse = network.encoder(inputs)
+            reconstruction, prediction = network(inputs)  # the whole forward pass of a step
+        dense = network.encoder(inputs)
+        target = network.momentum.encoder(inputs)
+    assert reconstruction.shape == data.shape and prediction.shape == (2, 16)
+    for online, plain, momentum in zip(sparse, dense, target):
+        hidden = ~visible_at(visible, online.shape[2:])
+        assert hidden.any() and (online * hidden).abs().max() == 0
+        assert (plain * hidden).abs().max() > 0 and (momentum * hidden).abs().max() > 0
+    # the setting turns it off
+    cfg["ssl_cmunet"]["sparse"] = False
+    plans["continue_training"] = False  # nnU-Net's trainer takes it out of the plans
+    off = nnUNetTrainerCMUNet(plans, "3d_fullres", 0, dataset_json, device=torch.device("cpu"))
+    off.initialize()
+    assert off._sparse is None

@@ -7,8 +7,10 @@ after CMAE, Huang et al. 2023; the base documents the contract with nnU-Net and 
   reconstructs), a projection head and a predictor on the pooled bottleneck (the online
   branch), and a momentum copy of encoder and head (the target branch, ``momentum.*``).
 * Batch: two views per patch. The first is masked in whole blocks (as ``nnUNetTrainerMAE``:
-  ``mask_ratio`` of the blocks set to 0) and goes through the online branch; the second,
-  unmasked, through the target branch (no gradients).
+  ``mask_ratio`` of the blocks set to 0) and goes through the online branch, with MAE's
+  sparse encoding (``sparse``, default on: the masked sites stay empty at every encoder stage,
+  so the pooled bottleneck sees the visible sites only); the second, unmasked, through the
+  target branch (no gradients, no sparse encoding).
 * Loss: the masked reconstruction error of the first view (masked voxels only) plus
   ``contrastive_weight`` times the InfoNCE of each online prediction against its target
   embedding, the other samples' (of every process) the negatives. After each optimiser
@@ -29,6 +31,7 @@ from nnunet_ssl.finetune.freezing import unwrap
 from nnunet_ssl.ssl.base import nnUNetTrainerContrastive
 from nnunet_ssl.ssl.cmunet.settings import CMUNetSettings
 from nnunet_ssl.ssl.contrastive import MomentumBranch, gather, info_nce, projection_head, take_unet
+from nnunet_ssl.ssl.mae.trainer import SparseMaskedEncoding
 from nnunet_ssl.ssl.restoration import block_mask, masked_mse, reconstruction_score
 
 
@@ -49,7 +52,7 @@ class CMUNetNetwork(nn.Module):
         return self.decoder(skips), self.predictor(self.head(bottleneck))
 
 
-class nnUNetTrainerCMUNet(nnUNetTrainerContrastive):
+class nnUNetTrainerCMUNet(SparseMaskedEncoding, nnUNetTrainerContrastive):
     """CM-UNet; see the module docstring."""
 
     settings_class = CMUNetSettings
@@ -68,8 +71,9 @@ class nnUNetTrainerCMUNet(nnUNetTrainerContrastive):
     def initialize(self):
         super().initialize()
         s = self.ssl_settings
+        self.install_sparse_encoder()
         self.print_to_log_file(f"CM-UNet: mask ratio {s.mask_ratio}, blocks {list(self.mask_block)}, "
-                               f"contrastive weight {s.contrastive_weight}")
+                               f"contrastive weight {s.contrastive_weight}, sparse encoder {s.sparse}")
 
     def pretext_batch(self, data, generator):
         online_view, target_view = self.views(data, generator)

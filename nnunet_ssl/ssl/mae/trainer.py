@@ -31,7 +31,22 @@ from nnunet_ssl.ssl.restoration import reconstruction_score  # noqa: F401  (its 
 VALIDATION_MASK_SEED = VALIDATION_SEED
 
 
-class nnUNetTrainerMAE(nnUNetTrainerRestoration):
+class SparseMaskedEncoding:
+    """The sparse encoding of a masked method's trainer (MAE, CM-UNet): with the ``sparse`` setting
+    on, the encoder's masked sites are kept empty during every step's forward pass, the visible
+    sites being the voxels that ``targets["mask"]`` leaves unmasked in every channel."""
+
+    def install_sparse_encoder(self) -> None:
+        """Before the first forward pass, so that ``torch.compile`` (lazy) traces the hooks."""
+        self._sparse = SparseEncoder(unwrap(self.network).encoder) if self.ssl_settings.sparse else None
+
+    def forward_context(self, targets):
+        if getattr(self, "_sparse", None) is None:
+            return super().forward_context(targets)
+        return self._sparse.active(~targets["mask"].any(dim=1, keepdim=True))
+
+
+class nnUNetTrainerMAE(SparseMaskedEncoding, nnUNetTrainerRestoration):
     """Masked reconstruction pretraining; see the module docstring."""
 
     settings_class = MAESettings
@@ -49,16 +64,10 @@ class nnUNetTrainerMAE(nnUNetTrainerRestoration):
     def initialize(self):
         super().initialize()
         s = self.ssl_settings
-        # before the first forward pass, so that torch.compile (lazy) traces the hooks
-        self._sparse = SparseEncoder(unwrap(self.network).encoder) if s.sparse else None
+        self.install_sparse_encoder()
         self.print_to_log_file(f"MAE: mask ratio {s.mask_ratio}, blocks {list(self.mask_block)} "
                                f"of patches {list(self.configuration_manager.patch_size)}, "
                                f"norm_pix_loss {s.norm_pix_loss}, sparse encoder {s.sparse}")
-
-    def forward_context(self, targets):
-        if getattr(self, "_sparse", None) is None:
-            return super().forward_context(targets)
-        return self._sparse.active(~targets["mask"].any(dim=1, keepdim=True))
 
     def corrupt(self, data, generator):
         mask = block_mask(data.shape, self.mask_block, self.ssl_settings.mask_ratio, generator, data.device)
