@@ -57,6 +57,7 @@ class TransferReport:
     n_network_tensors: int
     in_channels: Optional[tuple[int, int]] = None  # (pretrained, target) where they differ
     in_channels_rule: Optional[str] = None
+    n_decoder_tensors: int = 0  # with decoder=True: the pretrained decoder's tensors (output layers excepted)
 
 
 def load_ssl_checkpoint(path: str | os.PathLike) -> dict:
@@ -348,6 +349,38 @@ def check_compatible(network_state: Mapping[str, torch.Tensor], encoder: Mapping
                         f"target network ({len(extra)} such keys); {advice}")
 
 
+def decoder_state(checkpoint: Mapping, network_state: Mapping[str, torch.Tensor], path,
+                  stock: bool = False) -> dict[str, torch.Tensor]:
+    """The decoder's tensors of a checkpoint whose method trained one (a pretext method with a decoder,
+    or a stock nnU-Net training), for every decoder key of the target network but its output layers
+    (``decoder.seg_layers``, one per label set) and nnU-Net's ``decoder.encoder`` alias of the encoder.
+
+    Fails, naming the first key, when the checkpoint lacks a target decoder key or shapes it otherwise.
+    """
+    own = checkpoint.get("ssl") if isinstance(checkpoint.get("ssl"), dict) else None
+    if own is not None and not own.get("trains_decoder"):
+        method = own.get("method") or "DeSD"
+        raise UserError(f"{path}: {method} trains no decoder (its checkpoint does not record one as trained); "
+                        "transfer the encoder alone (leave out --decoder)")
+    if own is None and not (stock or is_stock(checkpoint)):
+        raise UserError(f"{path}: --decoder takes the decoder of this package's pretext checkpoints and of stock "
+                        f"nnU-Net checkpoints; this one has only an {ADAPTATION_PLAN_KEY}, which locates no decoder")
+    source = {strip_wrapper_prefixes(k): v for k, v in checkpoint["network_weights"].items()}
+    state = {}
+    for key, value in network_state.items():
+        if not key.startswith("decoder.") or key.startswith(("decoder.seg_layers.", "decoder.encoder.")):
+            continue
+        if key not in source:
+            raise UserError(f"decoder key {key} {tuple(value.shape)} of the target network is missing in {path}")
+        if tuple(source[key].shape) != tuple(value.shape):
+            raise UserError(f"shape mismatch at {key}: checkpoint {tuple(source[key].shape)}, target network "
+                            f"{tuple(value.shape)}; the decoder transfers only between equal architectures")
+        state[key] = source[key]
+    if not state:
+        raise UserError(f"the target network has no decoder keys besides its output layers; nothing to take from {path}")
+    return state
+
+
 def _check_output(output: Path, ssl_checkpoint: Path, force: bool) -> None:
     """Refuse an output that is a folder, the checkpoint itself (in any spelling) or exists without ``force``."""
     if output.is_dir():
@@ -367,7 +400,7 @@ def _check_output(output: Path, ssl_checkpoint: Path, force: bool) -> None:
 def transfer(ssl_checkpoint: str | os.PathLike, dataset: str | int, output: str | os.PathLike,
              plans: str = "nnUNetPlans", configuration: str = "3d_fullres", source: str = "teacher",
              force: bool = False, in_channels_rule: Optional[str] = None,
-             allow_architecture_difference: Sequence[str] = ()) -> TransferReport:
+             allow_architecture_difference: Sequence[str] = (), decoder: bool = False) -> TransferReport:
     """Write a complete nnU-Net network checkpoint whose encoder is the SSL encoder.
 
     Args:
@@ -378,6 +411,8 @@ def transfer(ssl_checkpoint: str | os.PathLike, dataset: str | int, output: str 
         allow_architecture_difference: Names from :data:`ARCHITECTURE_SETTINGS` that may
             differ between the SSL checkpoint's recorded architecture and the target plans
             (any other difference is refused, see :func:`check_architecture`).
+        decoder: Also take the pretrained decoder (all but its output layers, which
+            depend on the labels), where the method trained one (:func:`decoder_state`).
 
     Example:
         >>> transfer("res/.../fold_all/checkpoint_final.pth", 502, "pretrained.pth")  # doctest: +SKIP
@@ -421,6 +456,9 @@ def transfer(ssl_checkpoint: str | os.PathLike, dataset: str | int, output: str 
     for module in modules:  # through the submodules, so that nnU-Net's decoder.encoder alias follows
         sub = {k[len(module) + 1:]: v for k, v in encoder.items() if k.startswith(module + ".")}
         network.get_submodule(module).load_state_dict(sub, strict=True)
+    decoder_tensors = decoder_state(checkpoint, state, ssl_checkpoint, stock) if decoder else {}
+    if decoder_tensors:
+        network.load_state_dict({**network.state_dict(), **decoder_tensors}, strict=True)
     if own:
         meta = own
     elif stock:
@@ -448,6 +486,7 @@ def transfer(ssl_checkpoint: str | os.PathLike, dataset: str | int, output: str 
             "target_plans": plans,
             "target_configuration": configuration,
             "encoder_keys": sorted(encoder),
+            "decoder_keys": sorted(decoder_tensors),
             "in_channels": list(channels) if channels else None,
             "in_channels_rule": in_channels_rule if channels else None,
             "architecture_differences_allowed": sorted(allow_architecture_difference),
@@ -458,4 +497,4 @@ def transfer(ssl_checkpoint: str | os.PathLike, dataset: str | int, output: str 
     except OSError as e:
         raise UserError(f"cannot write {output}: {e.strerror or e}") from None
     return TransferReport(output, source, len(encoder), len(state), channels,
-                          in_channels_rule if channels else None)
+                          in_channels_rule if channels else None, len(decoder_tensors))

@@ -19,6 +19,8 @@ RUN = {"num_epochs": 1, "num_iterations_per_epoch": 2, "num_val_iterations_per_e
 # through it in test_end_to_end); for every method its first step, nnU-Net's load_pretrained_weights,
 # runs in this process on both files (to keep the suite's time)
 FINE_TUNED = {"nnUNetTrainerMAE"}
+# the methods whose decoder is trained (nnunet-ssl-transfer --decoder takes it)
+DECODER_TRAINED = {"nnUNetTrainerMAE", "nnUNetTrainerModelsGenesis", "nnUNetTrainerInpainting", "nnUNetTrainerCMUNet"}
 BUDGET = {**RUN, "final_validation": False}
 
 
@@ -110,6 +112,23 @@ def test_pretraining_transfer_and_stock_finetuning(trainer, nnunet_env, tmp_path
     tuned_start = segmentation_network()
     load_pretrained_weights(tuned_start, str(weights))
     assert all(torch.equal(tuned_start.state_dict()[k], pretrained[k]) for k in encoder)
+
+    # --decoder: the pretrained decoder too (but its output layers), for the methods that train one
+    with_decoder = tmp_path / "with_decoder.pth"
+    code = transfer_main([str(checkpoint), "-d", "501", "-p", plans_name, "-o", str(with_decoder), "--decoder"])
+    assert saved["ssl"]["trains_decoder"] == (trainer in DECODER_TRAINED)
+    if trainer in DECODER_TRAINED:
+        assert code == 0
+        state = torch.load(with_decoder, weights_only=False)["network_weights"]
+        decoder = [k for k in state if k.startswith("decoder.") and ".seg_layers." not in k
+                   and not k.startswith("decoder.encoder.")]
+        assert decoder and all(torch.equal(state[k], pretrained[k]) for k in decoder)
+        fresh_seg = [k for k in state if ".seg_layers." in k]
+        assert fresh_seg and all(torch.equal(state[k], transferred["network_weights"][k]) for k in fresh_seg)
+        # without --decoder the decoder is nnU-Net's fresh initialisation
+        assert not all(torch.equal(transferred["network_weights"][k], pretrained[k]) for k in decoder)
+    else:
+        assert code == 2 and not with_decoder.exists()
 
     if trainer in FINE_TUNED:
         # from the SSL checkpoint itself (decoder too)

@@ -123,3 +123,23 @@ def test_stock_checkpoint_of_another_architecture_is_refused(nnunet_env, tmp_pat
     _stock_checkpoint(nnunet_env, tmp_path / "zones.pth", nonlin="torch.nn.ReLU")
     assert transfer_main([str(tmp_path / "zones.pth"), "-d", "501", "-o", str(tmp_path / "w.pth")]) == 2
     assert "nonlin differ" in capsys.readouterr().err and not (tmp_path / "w.pth").exists()
+
+
+def test_decoder_of_a_stock_checkpoint_and_refusals(nnunet_env, tmp_path, capsys):
+    """--decoder: a stock network's decoder (the zone task's) goes over but its output layers, whose
+    labels differ; DeSD trains no decoder and is refused, before anything is written."""
+    source = _stock_checkpoint(nnunet_env, tmp_path / "zones.pth")
+    assert transfer_main([str(tmp_path / "zones.pth"), "-d", "501", "-o", str(tmp_path / "w.pth"), "--decoder"]) == 0
+    out = capsys.readouterr().out
+    saved = torch.load(tmp_path / "w.pth", weights_only=False)
+    weights, pretrained = saved["network_weights"], source.state_dict()
+    decoder = [k for k in weights if k.startswith("decoder.stages.") or k.startswith("decoder.transpconvs.")]
+    assert decoder and all(torch.equal(weights[k], pretrained[k]) for k in decoder)
+    assert sorted(saved["nnunet_ssl_transfer"]["decoder_keys"]) == sorted(decoder)
+    assert f"and the decoder ({len(decoder)} tensors)" in out
+    seg = [k for k in weights if ".seg_layers." in k and k.endswith(".weight")]
+    assert seg and all(weights[k].shape[0] == 2 != pretrained[k].shape[0] for k in seg)  # the target's labels
+    # a DeSD checkpoint has no decoder to give
+    assert transfer_main([str(_checkpoint(nnunet_env, tmp_path / "ssl.pth")), "-d", "501", "-o",
+                          str(tmp_path / "d.pth"), "--decoder"]) == 2
+    assert "trains no decoder" in capsys.readouterr().err and not (tmp_path / "d.pth").exists()

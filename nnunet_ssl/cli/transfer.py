@@ -16,8 +16,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Put the encoder of an SSL checkpoint (nnUNetTrainerDeSD, a pretext trainer, or a stock "
                     "nnUNetTrainer checkpoint such as one trained on the ASPECTS-zone pretext dataset) into the network of a target "
                     "dataset's plans and write a checkpoint that stock `nnUNetv2_train TARGET CONFIGURATION "
-                    "FOLD -p PLANS -pretrained_weights OUTPUT.pth` accepts. Decoder and segmentation layers "
-                    "are initialised as nnU-Net initialises them.")
+                    "FOLD -p PLANS -pretrained_weights OUTPUT.pth` accepts. Decoder (unless --decoder) and "
+                    "segmentation layers are initialised as nnU-Net initialises them.")
     p.add_argument("ssl_checkpoint",
                    help="checkpoint_final.pth (or _best/_latest) of the SSL training, or a checkpoint of another "
                         "SSL framework with an 'nnssl_adaptation_plan' entry, or of a stock nnU-Net training (e.g. on "
@@ -39,6 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="transfer although these architecture settings of the SSL checkpoint and the target plans "
                         f"differ ({', '.join(ARCHITECTURE_SETTINGS)}); by default any difference is refused, "
                         "since the weights then compute something else than they were trained for")
+    p.add_argument("--decoder", action="store_true",
+                   help="also take the pretrained decoder (all but its output layers), for methods that train "
+                        "one: the restoration methods (MAE, Models Genesis, in-painting), CM-UNet and stock "
+                        "nnU-Net checkpoints (e.g. the ASPECTS-zone network); refused for the others")
     p.add_argument("--force", action="store_true",
                    help="overwrite OUTPUT if it exists (never the SSL checkpoint itself)")
     return p
@@ -51,14 +55,15 @@ def main(argv: list[str] | None = None) -> int:
 
         report = transfer(args.ssl_checkpoint, args.dataset, args.output, args.plans, args.configuration,
                           "student" if args.student else "teacher", args.force, args.in_channels_rule,
-                          args.allow_architecture_difference)
+                          args.allow_architecture_difference, decoder=args.decoder)
     except UserError as e:
         print(f"nnunet-ssl-transfer: error: {e}", file=sys.stderr)
         return 2
     if report.in_channels:
         print(f"Input channels: pretrained {report.in_channels[0]}, target {report.in_channels[1]}; first "
               f"convolution initialised with rule '{report.in_channels_rule}'.")
-    print(f"Wrote {report.output}: {report.source} encoder ({report.n_encoder_tensors} tensors) in a "
+    decoder = f" and the decoder ({report.n_decoder_tensors} tensors)" if report.n_decoder_tensors else ""
+    print(f"Wrote {report.output}: {report.source} encoder ({report.n_encoder_tensors} tensors){decoder} in a "
           f"{report.n_network_tensors}-tensor network.\nUse it with: nnUNetv2_train {args.dataset} "
           f"{args.configuration} FOLD -p {args.plans} -pretrained_weights {report.output}")
     return 0

@@ -86,6 +86,8 @@ class nnUNetTrainerSSL(nnUNetTrainer):
     CHECKPOINT_FORMAT = PRETEXT_FORMAT
     ENCODER_PREFIXES: dict = {"network": "encoder."}  # one plain U-Net
     ADAPTATION_PREFIX = ""
+    # whether the method trains the U-Net's decoder (recorded in the checkpoint: nnunet-ssl-transfer --decoder)
+    TRAINS_DECODER = False
     SUPPORTS_LAUNCHER = True  # runs as one process of torchrun (nnunet_ssl.distributed)
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -117,7 +119,8 @@ class nnUNetTrainerSSL(nnUNetTrainer):
         meta = ssl_metadata(self.ssl_settings.to_dict(), self.configuration_manager, self.num_input_channels,
                             self.plans_manager.dataset_name, self.plans_manager.plans_name, self.configuration_name,
                             format=self.CHECKPOINT_FORMAT, encoder_prefixes=self.ENCODER_PREFIXES)
-        meta.update({"method": self.__class__.__name__, "settings_block": self.settings_class.BLOCK})
+        meta.update({"method": self.__class__.__name__, "settings_block": self.settings_class.BLOCK,
+                     "trains_decoder": self.TRAINS_DECODER})
         return {
             "network_weights": unwrap(self.network).state_dict(),
             "optimizer_state": self.optimizer.state_dict(),
@@ -261,6 +264,8 @@ class nnUNetTrainerPretext(nnUNetTrainerSSL):
 
 class nnUNetTrainerRestoration(nnUNetTrainerPretext):
     """Restore a corrupted patch; a method implements :meth:`corrupt` (and may replace :meth:`restoration_loss`)."""
+
+    TRAINS_DECODER = True  # the decoder restores the patch
 
     def corrupt(self, data: torch.Tensor, generator: torch.Generator
                 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -56,6 +56,7 @@ class nnUNetTrainerCMUNet(SparseMaskedEncoding, nnUNetTrainerContrastive):
     """CM-UNet; see the module docstring."""
 
     settings_class = CMUNetSettings
+    TRAINS_DECODER = True  # the decoder reconstructs the masked view
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
