@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shape", type=int, nargs=3, default=list(d.shape), metavar=("Z", "Y", "X"),
                    help="phantom size in voxels")
     p.add_argument("--lesion-drop-hu", type=float, default=d.lesion_drop_hu, help="lesion contrast in HU")
+    p.add_argument("--variation", action="store_true",
+                   help="case-to-case acquisition variation of the phantoms: a soft-tissue offset (-6..6 HU), a "
+                        "smooth field (up to 6 HU), the noise level (2..7 HU) and an in-plane rotation (-12..12 deg)")
     p.add_argument("--base-features", type=int, default=d.base_features, help="features of the first stage")
     p.add_argument("--data-seed", type=int, default=d.data_seed, help="seed of the phantoms")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
@@ -107,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         config = BenchmarkConfig(
             counts=args.counts, scratch_counts=args.scratch_counts, seeds=args.seeds, n_pool=args.n_labelled,
             n_val=args.n_val, n_unlabelled=args.n_unlabelled, n_test=args.n_test, shape=args.shape,
-            lesion_drop_hu=args.lesion_drop_hu, base_features=args.base_features, epochs=args.epochs,
+            lesion_drop_hu=args.lesion_drop_hu, variation=args.variation, base_features=args.base_features, epochs=args.epochs,
             iterations=args.iterations, val_iterations=args.val_iterations,
             final_validation=args.final_validation, ssl=ssl_settings(args.ssl),
             ssl_trainers=args.ssl_trainer, pretext={} if args.pretext is None else json_object(args.pretext, "--pretext"),

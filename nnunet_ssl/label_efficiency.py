@@ -71,6 +71,7 @@ class BenchmarkConfig:
     n_test: int = 6
     shape: tuple[int, int, int] = DemoConfig.shape
     lesion_drop_hu: float = DemoConfig.lesion_drop_hu
+    variation: bool = False  # acquisition variation per phantom (offset, smooth field, noise, rotation)
     base_features: int = DemoConfig.base_features
     gpu_memory_gb: float = DemoConfig.gpu_memory_gb
     epochs: int = 20
@@ -193,10 +194,10 @@ def write_data(data: Path, config: BenchmarkConfig) -> None:
     if data.exists():  # what an interrupted earlier attempt left
         shutil.rmtree(data)
     write_phantom_dataset(raw, SSL_ID, SSL_NAME, n_train=c.n_pool + c.n_val + c.n_unlabelled, shape=c.shape,
-                          label="brain", seed=c.data_seed, lesion_drop_hu=c.lesion_drop_hu)
+                          label="brain", seed=c.data_seed, lesion_drop_hu=c.lesion_drop_hu, variation=c.variation)
     target = write_phantom_dataset(raw, TARGET_ID, TARGET_NAME, n_train=c.n_pool + c.n_val, n_test=c.n_test,
                                    shape=c.shape, label="lesion", seed=c.data_seed, first_test_case=FIRST_TEST_CASE,
-                                   lesion_drop_hu=c.lesion_drop_hu)
+                                   lesion_drop_hu=c.lesion_drop_hu, variation=c.variation)
     for src, dst in (("imagesTs", "imagesTr"), ("labelsTs", "labelsTr")):
         for f in sorted((target / src).iterdir()):
             f.rename(target / dst / f.name)

@@ -60,6 +60,7 @@ def make_stroke_phantom(
     noise_hu: float = 3.0,
     seed: int = 0,
     lesion_drop_hu: float = LESION_DROP_HU,
+    variation: bool = False,
 ) -> Phantom:
     """Make one head CT phantom.
 
@@ -73,6 +74,11 @@ def make_stroke_phantom(
         seed: Seed of the case's random generator; equal seeds give equal phantoms.
         lesion_drop_hu: How much darker lesions are than the tissue they replace (acute
             ischaemia: a few HU).
+        variation: Add the case-to-case variation of real acquisitions, drawn from a
+            generator of its own (the anatomy and lesions stay those of ``seed``): a
+            calibration offset of the soft tissue (-6..6 HU), a smooth additive field
+            (beam hardening, up to 6 HU), the noise level (2..7 HU instead of
+            ``noise_hu``) and the head's in-plane rotation (-12..12 degrees).
 
     Returns:
         A :class:`Phantom`.
@@ -129,6 +135,17 @@ def make_stroke_phantom(
             lesion |= blob
         image[lesion] -= lesion_drop_hu
 
+    if variation:
+        vary = np.random.default_rng([seed, 1])
+        tissue = inner | brain
+        image[tissue] += vary.uniform(-6.0, 6.0)
+        field = ndimage.gaussian_filter(vary.standard_normal(shape).astype(np.float32), [s / 4.0 for s in shape])
+        image[tissue] += (field / (np.abs(field).max() + 1e-6) * vary.uniform(0.0, 6.0))[tissue]
+        noise_hu = vary.uniform(2.0, 7.0)
+        angle = vary.uniform(-12.0, 12.0)
+        image = ndimage.rotate(image, angle, axes=(1, 2), reshape=False, order=1, cval=HU_AIR)
+        brain = ndimage.rotate(brain.astype(np.uint8), angle, axes=(1, 2), reshape=False, order=0) > 0
+        lesion = ndimage.rotate(lesion.astype(np.uint8), angle, axes=(1, 2), reshape=False, order=0) > 0
     image = ndimage.gaussian_filter(image, 0.6)  # partial volume at edges
     image += rng.normal(0.0, noise_hu, shape).astype(np.float32)
     return Phantom(image=image.astype(np.float32), brain=brain, lesion=lesion,
@@ -153,7 +170,7 @@ def write_phantom_dataset(raw_folder: Path | str, dataset_id: int, name: str, n_
                           spacing: Sequence[float] = (1.0, 1.0, 1.0), label: str = "lesion",
                           seed: int = 0, first_case: int = 0,
                           first_test_case: Optional[int] = None,
-                          lesion_drop_hu: float = LESION_DROP_HU) -> Path:
+                          lesion_drop_hu: float = LESION_DROP_HU, variation: bool = False) -> Path:
     """Write an nnU-Net raw dataset of phantoms; return its folder.
 
     Training cases go to ``imagesTr``/``labelsTr``, test cases to ``imagesTs`` with
@@ -171,6 +188,7 @@ def write_phantom_dataset(raw_folder: Path | str, dataset_id: int, name: str, n_
         first_test_case: Index of the first test case (default: right after the training
             cases). Datasets of one seed share cases of equal index, so an SSL dataset can
             hold a labelled dataset's training images and none of its test images.
+        variation: Acquisition variation per case (see :func:`make_stroke_phantom`).
     """
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 
@@ -183,7 +201,7 @@ def write_phantom_dataset(raw_folder: Path | str, dataset_id: int, name: str, n_
     cases += [(i, "Ts") for i in range(first_test_case, first_test_case + n_test)]
     for i, split in cases:
         p = make_stroke_phantom(shape, spacing, side=sides[i % len(sides)], seed=seed * 10007 + i,
-                                lesion_drop_hu=lesion_drop_hu)
+                                lesion_drop_hu=lesion_drop_hu, variation=variation)
         case = f"case_{i:03d}"
         write_image(p.image, spacing, folder / f"images{split}" / f"{case}_0000.nii.gz")
         target = p.lesion if label == "lesion" else p.brain

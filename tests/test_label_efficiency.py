@@ -168,3 +168,29 @@ def test_script_trainers_and_pretext_option(tmp_path):
     assert proc.returncode == 2 and "label_efficiency: error: unknown ssl_mae setting(s) ['mask_ratoi']" in proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "x").exists()
     assert _bench_module().json_object('{"block_size": 8}', "--pretext") == {"block_size": 8}
+
+
+def test_acquisition_variation_of_the_phantoms():
+    """--variation: the anatomy and lesion of a case stay (rotated together with the image), while
+    offset, field, noise and pose differ from case to case; without it the phantoms are as before."""
+    import numpy as np
+    from scipy import ndimage
+
+    from nnunet_ssl.phantom import make_stroke_phantom
+
+    shape = (24, 40, 40)
+    plain = make_stroke_phantom(shape, seed=3, lesion_drop_hu=20.0)
+    assert np.array_equal(plain.image, make_stroke_phantom(shape, seed=3, lesion_drop_hu=20.0, variation=False).image)
+    offsets, noise, turned = [], [], []
+    for seed in range(4):
+        p = make_stroke_phantom(shape, seed=seed, lesion_drop_hu=20.0, variation=True)
+        q = make_stroke_phantom(shape, seed=seed, lesion_drop_hu=20.0)
+        assert abs(int(p.lesion.sum()) - int(q.lesion.sum())) <= 0.1 * q.lesion.sum()  # the same lesion, turned
+        turned.append(not np.array_equal(p.lesion, q.lesion))  # ... by an in-plane rotation
+        inner = ndimage.binary_erosion(p.brain, iterations=2) & ~ndimage.binary_dilation(p.lesion, iterations=2)
+        core = ndimage.binary_erosion(p.lesion)
+        assert np.median(p.image[inner]) - np.median(p.image[core]) > 10  # still a hypodense lesion
+        offsets.append(np.median(p.image[inner]) - np.median(q.image[ndimage.binary_erosion(q.brain, iterations=2)]))
+        flat = p.image[inner] - ndimage.gaussian_filter(p.image, 2.0)[inner]
+        noise.append(np.std(flat))
+    assert sum(turned) >= 3 and np.ptp(offsets) > 2.0 and np.ptp(noise) > 0.5  # acquisitions differ between cases
