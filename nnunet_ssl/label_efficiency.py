@@ -54,8 +54,9 @@ WHOLE_NETWORK_TRAINERS = ("nnUNetTrainerMAE", "nnUNetTrainerModelsGenesis", "nnU
                           "nnUNetTrainerCMUNet", "nnUNetTrainerRotation")
 # names of the ``ssl`` settings that set the run length; every other method takes them unless its ``pretext`` entry does
 RUN_LENGTH = ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch")
-# settings a rerun may change: they only add or drop arms, each of which stands on its own
-EXTENDABLE = ("counts", "scratch_counts", "seeds", "device")
+# settings a rerun may change: they only add or drop arms or methods, each of which stands on its own
+# (a method kept must keep its settings: the experiment refuses a change of them, naming the method)
+EXTENDABLE = ("counts", "scratch_counts", "seeds", "device", "ssl_trainers", "pretext")
 
 
 @dataclass(frozen=True)

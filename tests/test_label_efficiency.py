@@ -194,3 +194,16 @@ def test_acquisition_variation_of_the_phantoms():
         flat = p.image[inner] - ndimage.gaussian_filter(p.image, 2.0)[inner]
         noise.append(np.std(flat))
     assert sum(turned) >= 3 and np.ptp(offsets) > 2.0 and np.ptp(noise) > 0.5  # acquisitions differ between cases
+
+
+def test_a_rerun_may_add_or_drop_methods_but_not_change_the_budget(tmp_path):
+    from nnunet_ssl.experiment import open_results
+
+    mae, genesis = "nnUNetTrainerMAE", "nnUNetTrainerModelsGenesis"
+    first = BenchmarkConfig(ssl_trainers=[mae, genesis])
+    kwargs = dict(fmt=le.FORMAT, extendable=le.EXTENDABLE, entries=le.ENTRIES)
+    open_results(tmp_path, first.to_dict(), False, **kwargs)
+    fewer = BenchmarkConfig(ssl_trainers=[mae], seeds=(0, 1, 2, 3), pretext={mae: {"mask_ratio": 0.7}})
+    assert open_results(tmp_path, fewer.to_dict(), False, **kwargs)["config"]["ssl_trainers"] == [mae]
+    with pytest.raises(UserError, match=r"other settings \(epochs\)"):
+        open_results(tmp_path, BenchmarkConfig(ssl_trainers=[mae], epochs=3).to_dict(), False, **kwargs)
