@@ -205,5 +205,11 @@ def test_a_rerun_may_add_or_drop_methods_but_not_change_the_budget(tmp_path):
     open_results(tmp_path, first.to_dict(), False, **kwargs)
     fewer = BenchmarkConfig(ssl_trainers=[mae], seeds=(0, 1, 2, 3), pretext={mae: {"mask_ratio": 0.7}})
     assert open_results(tmp_path, fewer.to_dict(), False, **kwargs)["config"]["ssl_trainers"] == [mae]
+    # a record written before a setting existed continues under that setting's default
+    record = tmp_path / "results.json"
+    recorded = json.loads(record.read_text())
+    del recorded["config"]["variation"]
+    record.write_text(json.dumps(recorded))
+    assert open_results(tmp_path, fewer.to_dict(), False, **kwargs)["config"]["variation"] is False
     with pytest.raises(UserError, match=r"other settings \(epochs\)"):
         open_results(tmp_path, BenchmarkConfig(ssl_trainers=[mae], epochs=3).to_dict(), False, **kwargs)
