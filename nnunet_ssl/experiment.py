@@ -614,8 +614,11 @@ def summarise(records: Mapping[str, Mapping], view: Optional[str] = None) -> dic
     * ``groups``: ``{"desd-5": {"method", "n", "dice" (per seed), "per_case" (per seed),
       "mean", "median", "sd"}}``, scratch first, then the methods in order of appearance;
     * ``paired``: ``{"desd-5": {"method", "n", "per_seed": {seed: method - scratch},
-      "mean", "median", "cases": paired_test over (seed, case) pairs, "p_holm"}}`` over
-      the seeds where both arms finished; ``p_holm`` is Holm-adjusted over all comparisons.
+      "mean", "median", "seeds": sign_test over the seeds, "cases": paired_test over
+      (seed, case) pairs, "p_holm"}}`` over the seeds where both arms finished; ``p_holm``
+      is the cases' Wilcoxon p Holm-adjusted over all comparisons. The seeds are the
+      independent units (the test cases of one seed share its training run), so the
+      sign test is the one to read when arms differ by whole seeds.
 
     Example:
         >>> r = {"scratch-2/seed0": {"method": "scratch", "n": 2, "seed": 0, "dice_mean": 0.5,
@@ -625,7 +628,7 @@ def summarise(records: Mapping[str, Mapping], view: Optional[str] = None) -> dic
         >>> round(summarise(r)["paired"]["ssl-2"]["mean"], 3)
         0.2
     """
-    from nnunet_ssl.evaluation.stats import holm, paired_test
+    from nnunet_ssl.evaluation.stats import holm, paired_test, sign_test
 
     groups: dict[str, dict] = {}
     for record in records.values():
@@ -660,7 +663,7 @@ def summarise(records: Mapping[str, Mapping], view: Optional[str] = None) -> dic
             b += [base["per_case"][s][c] for c in shared]
         paired[key] = {"method": g["method"], "n": g["n"], "per_seed": diffs,
                        "mean": statistics.fmean(diffs.values()), "median": statistics.median(diffs.values()),
-                       "cases": paired_test(a, b)}
+                       "seeds": sign_test(list(diffs.values())), "cases": paired_test(a, b)}
     for entry, p in zip(paired.values(), holm([e["cases"]["p_wilcoxon"] for e in paired.values()])):
         entry["p_holm"] = p
     return {"groups": groups, "paired": paired}
@@ -682,12 +685,14 @@ def format_tables(summary: Mapping, ensembles: Optional[Mapping] = None, view: O
     lines = _table(["method", "labelled", "seeds", "mean Dice", "sd", "median", "per seed"], rows)
     if summary["paired"]:
         rows = [[p["method"], str(p["n"]), str(len(p["per_seed"])), f"{p['mean']:+.3f}",
-                 ", ".join(f"{s}: {v:+.3f}" for s, v in p["per_seed"].items()), str(p["cases"]["n"]),
+                 ", ".join(f"{s}: {v:+.3f}" for s, v in p["per_seed"].items()),
+                 "{better}/{worse}/{tied}".format(**p["seeds"]), _num(p["seeds"]["p"], ".3g"), str(p["cases"]["n"]),
                  _num(p["cases"]["mean_diff"], "+.3f"), _num(p["cases"]["p_wilcoxon"], ".3g"),
                  _num(p["p_holm"], ".3g"), _num(p["cases"]["rank_biserial"], "+.2f")]
                 for p in summary["paired"].values()]
         lines += ["", "Paired against scratch at the same count (same labelled cases and seed):", ""]
-        lines += _table(["method", "labelled", "seeds", "mean difference", "per seed", "case pairs",
+        lines += _table(["method", "labelled", "seeds", "mean difference", "per seed",
+                         "seeds better/worse/tied", "sign test p (seeds)", "case pairs",
                          "case mean difference", "Wilcoxon p", "Holm p", "rank-biserial r"], rows)
     if ensembles:
         rows = [[e["method"], str(e["n"]), ", ".join(map(str, e["seeds"])),
@@ -777,7 +782,10 @@ def write_report(output: Path, config: ExperimentConfig, results: Mapping, summa
     lines += ["", f"![Dice against labelled cases]({CURVE_PLOT})", "", f"![Per-case Dice]({BOX_PLOT})", "",
               "Each seed draws the labelled cases (the first n of the pool shuffled by the seed, nested over "
               "counts) and seeds the fine-tuning; the arms of one count and seed share both, so differences "
-              "are paired. The Wilcoxon test pairs the test cases of every shared seed.", ""]
+              "are paired. A seed is better or worse when its difference exceeds 0.01 Dice; the sign test counts "
+              "each seed once. The Wilcoxon test pairs the test cases of every shared seed; the cases of one "
+              "seed share its training run, so where arms differ by whole seeds (a run that finds the lesions "
+              "against one that does not) it overstates the evidence: read the sign test there.", ""]
     path = output / REPORT_FILE
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("\n".join(lines), encoding="utf-8")

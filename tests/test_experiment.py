@@ -170,8 +170,19 @@ def test_summary_pairs_seeds_and_cases_and_adjusts_p():
     assert sorted(e["p_holm"] for e in s["paired"].values()) == pytest.approx([min(1, 2 * p[0]), min(1, max(2 * p[0], p[1]))])
     filtered = ex.summarise(records, view="filtered")
     assert filtered["groups"]["desd-2"]["mean"] == 1.0
+    # the seeds, counted once each: desd better on both (+0.25, +0.05), mae by +0.05 on both
+    assert paired["seeds"] == {"better": 2, "worse": 0, "tied": 0, "p": pytest.approx(0.5)}
     text = "\n".join(ex.format_tables(s))
-    assert "| desd | 2 | 2 | 0.400 |" in text and "+0.150" in text
+    assert "| desd | 2 | 2 | 0.400 |" in text and "+0.150" in text and "| 2/0/0 | 0.5 |" in text
+
+
+def test_sign_test_counts_seeds_within_the_tolerance_as_tied():
+    from nnunet_ssl.evaluation.stats import sign_test
+
+    # 0.005 is within 0.01 of zero (tied); 5 of 5 better: p = 2 / 2**5
+    assert sign_test([0.3, 0.2, 0.4, 0.1, 0.05, 0.005]) == {"better": 5, "worse": 0, "tied": 1, "p": pytest.approx(1 / 16)}
+    assert sign_test([0.0, 0.004, float("nan")]) == {"better": 0, "worse": 0, "tied": 2, "p": 1.0}
+    assert sign_test([0.5, -0.5])["p"] == pytest.approx(1.0)
 
 
 def test_plots_and_report_are_written(tmp_path):

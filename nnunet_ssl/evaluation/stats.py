@@ -163,6 +163,27 @@ def paired_test(a: Sequence[float], b: Sequence[float]) -> dict[str, float | int
     return out
 
 
+def sign_test(differences: Sequence[float], tolerance: float = 0.01) -> dict[str, float | int]:
+    """Sign test over paired differences: how many are above ``tolerance``, below ``-tolerance``
+    or within it (tied), and the two-sided exact binomial p-value of the untied ones
+    (``scipy.stats.binomtest``; 1.0 when all are tied).
+
+    Meant for differences that are independent of each other, e.g. one per seed of an
+    experiment, where the test cases of one seed share one training run.
+
+    Example:
+        >>> sign_test([0.5, 0.3, 0.0, -0.001, 0.2])
+        {'better': 3, 'worse': 0, 'tied': 2, 'p': 0.25}
+    """
+    from scipy import stats
+
+    d = np.asarray(differences, dtype=float)
+    d = d[~np.isnan(d)]
+    better, worse = int(np.sum(d > tolerance)), int(np.sum(d < -tolerance))
+    p = float(stats.binomtest(better, better + worse, 0.5).pvalue) if better + worse else 1.0
+    return {"better": better, "worse": worse, "tied": int(d.size) - better - worse, "p": p}
+
+
 def holm(p_values: Sequence[float]) -> list[float]:
     """Holm-Bonferroni adjusted p-values (NaN stays NaN and does not count).
 
