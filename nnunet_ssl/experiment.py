@@ -555,7 +555,8 @@ def write_json_atomic(path: Path, obj) -> None:
 
 
 def open_results(output: Path, config_json: dict, force: bool, fmt: str = FORMAT,
-                 extendable: Sequence[str] = EXTENDABLE, entries: Sequence[str] = ENTRIES) -> dict:
+                 extendable: Sequence[str] = EXTENDABLE, entries: Sequence[str] = ENTRIES,
+                 defaults: Optional[Mapping] = None) -> dict:
     """The results of ``output`` to continue, or fresh ones; refuse folders holding something else.
 
     A recorded run is continued when its config differs only in ``extendable`` fields
@@ -573,8 +574,10 @@ def open_results(output: Path, config_json: dict, force: bool, fmt: str = FORMAT
         if results.get("format") != fmt:
             raise UserError(f"{results_file} is not a results file of this kind ({fmt})")
         old, new = results["config"], config_json
-        # a field the record lacks came in after it was written, with a default that keeps the old behaviour
-        differ = sorted(k for k in set(old) | set(new) if k not in extendable and k in old and old[k] != new.get(k))
+        # a field the record lacks and ``defaults`` names came in after it was written; its default kept the
+        # old behaviour
+        old = {**{k: v for k, v in (defaults or {}).items() if k not in old}, **old}
+        differ = sorted(k for k in set(old) | set(new) if k not in extendable and old.get(k) != new.get(k))
         old_m, new_m = old.get("methods") or {}, new.get("methods") or {}
         if isinstance(old_m, dict) and isinstance(new_m, dict):
             differ += [f"methods.{m}" for m in sorted(set(old_m) & set(new_m))  # a method's counts may change

@@ -262,7 +262,8 @@ def run_benchmark(output: str | os.PathLike, config: BenchmarkConfig = Benchmark
     from nnunet_ssl.experiment import parse_config, run_experiment
 
     output = Path(output).resolve()
-    results = open_results(output, config.to_dict(), force, fmt=FORMAT, extendable=EXTENDABLE, entries=ENTRIES)
+    results = open_results(output, config.to_dict(), force, fmt=FORMAT, extendable=EXTENDABLE, entries=ENTRIES,
+                           defaults=BenchmarkConfig().to_dict())
     data = output / "data"
     if "data" in results["stages"]:
         echo("[data] recorded by an earlier run, skipped")

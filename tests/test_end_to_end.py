@@ -22,7 +22,7 @@ def test_pretrain_transfer_finetune_predict(ssl_run, nnunet_env, tmp_path):
     out = ssl_run["output"]
     assert {"checkpoint_final.pth", "checkpoint_best.pth", "progress.png"} <= {p.name for p in out.iterdir()}
     log = next(out.glob("training_log_*.txt")).read_text(encoding="utf-8")
-    assert '"num_iterations_per_epoch": 3' in log and "SSL pretraining: no segmentation validation" in log
+    assert '"num_iterations_per_epoch": 3' in log and "nnUNetTrainerDeSD pretraining: no segmentation validation" in log
 
     weights = tmp_path / "pretrained.pth"
     run_command([bin_path("nnunet-ssl-transfer"), str(ssl_run["checkpoint"]), "-d", "501", "-o", str(weights)], env)

@@ -201,7 +201,7 @@ def test_a_rerun_may_add_or_drop_methods_but_not_change_the_budget(tmp_path):
 
     mae, genesis = "nnUNetTrainerMAE", "nnUNetTrainerModelsGenesis"
     first = BenchmarkConfig(ssl_trainers=[mae, genesis])
-    kwargs = dict(fmt=le.FORMAT, extendable=le.EXTENDABLE, entries=le.ENTRIES)
+    kwargs = dict(fmt=le.FORMAT, extendable=le.EXTENDABLE, entries=le.ENTRIES, defaults=BenchmarkConfig().to_dict())
     open_results(tmp_path, first.to_dict(), False, **kwargs)
     fewer = BenchmarkConfig(ssl_trainers=[mae], seeds=(0, 1, 2, 3), pretext={mae: {"mask_ratio": 0.7}})
     assert open_results(tmp_path, fewer.to_dict(), False, **kwargs)["config"]["ssl_trainers"] == [mae]
