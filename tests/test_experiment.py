@@ -295,20 +295,22 @@ def _phantom_experiment(root: Path) -> Path:
                     "--no-progress"], env=env, check=True, capture_output=True)
     config = _config(nnUNet_raw="user_raw", split="user_preprocessed/Dataset602_ExpTarget",
                      methods={"scratch": {}, "desd": {"trainer": "nnUNetTrainerDeSD", "settings": TINY_DESD}},
-                     counts=[2],
+                     counts=[2], seeds=[1],
                      finetune={"epochs": 1, "iterations": 2, "val_iterations": 1,
                                "trainer": "nnUNetTrainerEncoderLR", "settings": {"encoder_lr_factor": 0.5}},
                      plan={"base_features": 8, "gpu_memory_gb": 0.5, "num_processes": 1},
-                     min_lesion_ml=0.01, ensemble=True)
+                     min_lesion_ml=0.01)
     path = root / "experiment.json"
     path.write_text(json.dumps(config, indent=1))
     return path
 
 
 @pytest.mark.slow
-def test_grid_of_two_methods_and_seeds_killed_and_resumed(tmp_path):
-    """scratch and DeSD at 2 labelled cases, seeds 0 and 1: 4 arms in 2 folds (per-method counts are checked
-    without training in test_arms_are_paired_nested_and_counts_per_method)."""
+def test_scratch_and_desd_killed_and_resumed(tmp_path):
+    """scratch and DeSD at 2 labelled cases, seed 1: 2 arms in 1 fold, through the real command. Checked
+    without training: seeds, folds and per-method counts (test_arms_are_paired_nested_and_counts_per_method),
+    the seed ensemble's commands and record (test_ensemble_votes_the_seeds_and_both_evaluations_are_recorded),
+    the report's tables (test_summary_pairs_seeds_and_cases_and_adjusts_p)."""
     config = _phantom_experiment(tmp_path)
     inputs = {name: _tree(tmp_path / name) for name in ("user_raw", "user_preprocessed")}
     env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONWARNINGS="ignore")
@@ -317,7 +319,7 @@ def test_grid_of_two_methods_and_seeds_killed_and_resumed(tmp_path):
     check = subprocess.run([NNUNET_SSL, "experiment", str(config), "--check"], env=env, capture_output=True,
                            text=True)
     assert check.returncode == 0, check.stderr
-    assert "4 arms in 2 folds" in check.stdout and "3 labelled pool, 1 validation, 1 test" in check.stdout
+    assert "2 arms in 1 folds" in check.stdout and "3 labelled pool, 1 validation, 1 test" in check.stdout
 
     out = tmp_path / "out"
     args = [NNUNET_SSL, "experiment", str(config), "-o", str(out)]
@@ -334,16 +336,16 @@ def test_grid_of_two_methods_and_seeds_killed_and_resumed(tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)  # the whole run, nnU-Net's commands included
         proc.wait()
     first = json.loads(results_file.read_text())
-    assert list(first["arms"]) == ["scratch-2/seed0"]
+    assert list(first["arms"]) == ["scratch-2/seed1"]
     assert set(first["stages"]) == {"plan:ssl", "pretrain:desd", "transfer:desd"}
 
     rerun = subprocess.run(args, env=env, capture_output=True, text=True, timeout=900)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert rerun.stdout.count("recorded by an earlier run, skipped") == 3
-    assert "4 arms: 1 recorded, 3 to run" in rerun.stdout and "[arm 3/3]" in rerun.stdout
+    assert "2 arms: 1 recorded, 1 to run" in rerun.stdout and "[arm 1/1]" in rerun.stdout
     results = json.loads(results_file.read_text())
-    assert results["arms"]["scratch-2/seed0"] == first["arms"]["scratch-2/seed0"]  # reused, not run again
-    assert sorted(results["arms"]) == ["desd-2/seed0", "desd-2/seed1", "scratch-2/seed0", "scratch-2/seed1"]
+    assert results["arms"]["scratch-2/seed1"] == first["arms"]["scratch-2/seed1"]  # reused, not run again
+    assert sorted(results["arms"]) == ["desd-2/seed1", "scratch-2/seed1"]
     for key, record in results["arms"].items():
         assert 0.0 <= record["dice_mean"] <= 1.0 and 0.0 <= record["filtered"]["dice_mean"] <= 1.0
         assert list(record["dice_per_case"]) == results["datasets"]["test"]
@@ -355,16 +357,15 @@ def test_grid_of_two_methods_and_seeds_killed_and_resumed(tmp_path):
     assert "final validation skipped" in log and '"encoder_lr_factor": 0.5' in log
     log = next((out / "arms" / "scratch-2_seed1" / "nnUNet_results").rglob("training_log_*.txt")).read_text()
     assert "nnUNetTrainerBudget: 1 epochs x 2 iterations (1 validation), seed 1002" in log
-    assert set(results["ensembles"]) == {"scratch-2", "desd-2"}
     report = (out / "report.md").read_text()
-    assert "| desd | 2 | 2 |" in report and "Paired against scratch" in report and "Majority vote" in report
+    assert "| desd | 2 | 1 |" in report and "Paired against scratch" in report
     assert "lesions under 0.01 mL removed" in report
     for plot in (out / ex.CURVE_PLOT, out / ex.BOX_PLOT):
         assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = report[report.index("## Test Dice"):]
 
     again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0 and "4 arms: 4 recorded, 0 to run" in again.stdout
+    assert again.returncode == 0 and "2 arms: 2 recorded, 0 to run" in again.stdout
     assert (out / "report.md").read_text()[report.index("## Test Dice"):] == table
     # nothing outside the experiment folder changed
     assert {name: _tree(tmp_path / name) for name in inputs} == inputs
