@@ -67,7 +67,8 @@ def _desd(plans, dataset_json, fold):
 
 
 OPT_IN = pytest.mark.skipif(not os.environ.get("NNUNET_SSL_PROBE_ALL"),
-                            reason="opt-in (NNUNET_SSL_PROBE_ALL=1): a narrow or no margin, or the suite's time; see docs/methods.md")
+                            reason="opt-in (NNUNET_SSL_PROBE_ALL=1): a narrow or no margin, or the suite's time; "
+                                   "see docs/methods.md")
 METHODS = [
     pytest.param(_pretext("nnunet_ssl.ssl.mae.trainer", "nnUNetTrainerMAE", "ssl_mae"), id="mae"),
     pytest.param(_pretext("nnunet_ssl.ssl.genesis.trainer", "nnUNetTrainerModelsGenesis", "ssl_genesis"),
